@@ -1,0 +1,1 @@
+"""Training, export and model code (needs the ``[train]`` extra: torch)."""
