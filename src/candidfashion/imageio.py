@@ -120,7 +120,7 @@ def _open_checked(data: bytes, name: str, max_pixels: int | None) -> Image.Image
     limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     Image.init()
     # MPO (multi-picture JPEG from phones) is opened by the JPEG plugin.
-    formats = [f for f in _ALLOWED_FORMATS if f in Image.OPEN]
+    formats: list[str] = [f for f in _ALLOWED_FORMATS if f in Image.OPEN]
     try:
         with warnings.catch_warnings():
             # We apply our own (stricter) limit just below; Pillow's warning is noise.
@@ -193,6 +193,7 @@ def _apply_orientation(im: Image.Image, name: str) -> Image.Image:
 def _to_uint8_gray(im: Image.Image) -> Image.Image:
     """High-bit-depth single channel (I;16*, I, F) scaled - not clipped - to 8 bits."""
     arr = np.asarray(im)
+    scaled: np.ndarray
     if im.mode.startswith("I;16"):
         scaled = (arr.astype(np.uint32) * 255 + 32767) // 65535
     elif im.mode == "I":
@@ -204,7 +205,7 @@ def _to_uint8_gray(im: Image.Image) -> Image.Image:
         if farr.max(initial=0.0) <= 1.0:
             farr = farr * 255.0
         scaled = np.clip(np.rint(farr), 0, 255)
-    return Image.fromarray(scaled.astype(np.uint8), mode="L")
+    return Image.fromarray(scaled.astype(np.uint8))
 
 
 def _to_rgba_or_rgb(im: Image.Image) -> Image.Image:
