@@ -31,10 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Products whose dominant colour is further than this (CIE delta E) from the wanted colour
-#: are dropped when a colour is asked for. Neighbouring named colours (red / burgundy) pass,
-#: different hues (red / blue) do not.
-COLOUR_MAX_DELTA_E = 30.0
+#: Products whose dominant colour is further than this (CIEDE2000) from the wanted colour
+#: are dropped when a colour is asked for. Neighbouring palette colours pass (red/burgundy
+#: 17, blue/navy 20), other hues do not (red/brown 21, red/orange 29, blue/teal 28).
+COLOUR_MAX_DELTA_E = 20.0
 #: When filters are applied after the vector search, fetch this many times k first.
 OVERFETCH_FACTOR = 20
 OVERFETCH_MIN = 200
@@ -140,53 +140,34 @@ class Look:
         }
 
 
-def _srgb_to_lab(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
-    """CIE L*a*b* (D65) of an 8-bit sRGB colour."""
-    lin = []
-    for c in rgb:
-        v = c / 255.0
-        lin.append(v / 12.92 if v <= 0.04045 else ((v + 0.055) / 1.055) ** 2.4)
-    r, g, b = lin
-    x = (0.4124564 * r + 0.3575761 * g + 0.1804375 * b) / 0.95047
-    y = 0.2126729 * r + 0.7151522 * g + 0.0721750 * b
-    z = (0.0193339 * r + 0.1191920 * g + 0.9503041 * b) / 1.08883
-
-    def f(t: float) -> float:
-        return t ** (1 / 3) if t > 216 / 24389 else (24389 / 27 * t + 16) / 116
-
-    fx, fy, fz = f(x), f(y), f(z)
-    return (116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz))
-
-
 def wanted_lab(colour: str) -> tuple[float, float, float]:
     """Lab of a colour the shopper asked for: a palette name (``red``) or ``#rrggbb``."""
-    from candidfashion.colours import COLOUR_NAMES, colour_lab
+    from candidfashion.colours import COLOUR_NAMES, ColourError, colour_lab, rgb_to_lab
 
     text = colour.strip().lower()
     hex_match = _HEX_RE.match(text)
     if hex_match:
         value = hex_match.group(1)
-        rgb = (int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16))
-        return _srgb_to_lab(rgb)
-    if text not in COLOUR_NAMES:
+        rgb = np.array([int(value[i : i + 2], 16) for i in (0, 2, 4)], dtype=np.uint8)
+        l_, a, b = (float(v) for v in rgb_to_lab(rgb))
+        return (l_, a, b)
+    try:
+        return colour_lab(text)
+    except ColourError:
         raise SearchError(
             f"unknown colour {colour!r}; use #rrggbb or one of {', '.join(COLOUR_NAMES)}"
-        )
-    return tuple(float(v) for v in colour_lab(text))  # type: ignore[return-value]
+        ) from None
 
 
 def product_lab(product: Product) -> tuple[float, float, float] | None:
     """The product's dominant colour in Lab, or None when the catalog does not know it."""
-    from candidfashion.colours import COLOUR_NAMES, colour_lab
-
-    name = (product.colour or "").strip().lower()
+    name = (product.colour or "").strip()
     if not name:
         return None
-    if name in COLOUR_NAMES:
-        return tuple(float(v) for v in colour_lab(name))  # type: ignore[return-value]
-    if _HEX_RE.match(name):
+    try:
         return wanted_lab(name)
-    return None
+    except SearchError:
+        return None
 
 
 class ShopTheLook:
