@@ -234,7 +234,10 @@ def train(
     encoder: Annotated[str, typer.Option(help="lite0, lite1 or lite2.")] = "lite0",
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 8,
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
-    size: Annotated[str, typer.Option(help="Training crop WxH.")] = "256x384",
+    size: Annotated[str, typer.Option(help="Training crop WxH.")] = "192x288",
+    input_size: Annotated[
+        str, typer.Option(help="Parser input WxH (validation and export).")
+    ] = "256x384",
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = False,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     mlflow_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI.")] = None,
@@ -248,6 +251,7 @@ def train(
     except ImportError as err:
         raise _fail(f"training needs the [train] extra: {err}") from err
     width, height = (int(v) for v in size.lower().split("x"))
+    in_w, in_h = (int(v) for v in input_size.lower().split("x"))
     cfg = TrainConfig(
         data=data,
         out_dir=out_dir,
@@ -256,6 +260,8 @@ def train(
         batch_size=batch_size,
         lr=lr,
         crop=(width, height),
+        input_size=(in_w, in_h),
+        preload_height=round(in_h * 1.25),
         resume=resume,
         seed=seed,
         mlflow_uri=mlflow_uri or _settings().resolved_mlflow_uri(),

@@ -187,17 +187,18 @@ class ConvBNReLU(nn.Sequential):
 
 
 class ParserNet(nn.Module):
-    """EfficientNet-Lite encoder + FPN decoder; logits at input resolution.
+    """EfficientNet-Lite encoder + light FPN decoder; logits at input resolution.
 
-    The FPN merges strides 32..4 into one stride-4 map (cheap: 1x1 laterals, one 3x3
-    per level), then upsamples the logits bilinearly to the input size.
+    Top-down FPN over strides 32..4, each level smoothed by one 3x3 conv, upsampled to
+    stride 4 and summed (a sum instead of a concat keeps the stride-4 conv at 64 channels),
+    one 3x3 conv, a 1x1 classifier, then bilinear upsampling to the input size.
     """
 
     def __init__(
         self,
         encoder: str = "lite0",
         num_classes: int = NUM_CLASSES,
-        fpn_channels: int = 96,
+        fpn_channels: int = 64,
         pretrained: bool = True,
     ):
         super().__init__()
@@ -208,7 +209,7 @@ class ParserNet(nn.Module):
         chans = self.encoder.feature_channels()
         self.laterals = nn.ModuleList(nn.Conv2d(c, fpn_channels, 1) for c in chans)
         self.smooth = nn.ModuleList(ConvBNReLU(fpn_channels, fpn_channels) for _ in chans)
-        self.fuse = ConvBNReLU(fpn_channels * len(chans), fpn_channels)
+        self.head = ConvBNReLU(fpn_channels, fpn_channels)
         self.classifier = nn.Conv2d(fpn_channels, num_classes, 1)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -216,17 +217,15 @@ class ParserNet(nn.Module):
         x = (image - INPUT_MEAN) / INPUT_STD
         feats = self.encoder.features(x)
         top = self.laterals[-1](feats[-1])
-        pyramid = [self.smooth[-1](top)]
+        size = feats[0].shape[-2:]
+        merged = F.interpolate(self.smooth[-1](top), size=size, mode="bilinear", align_corners=False)
         for i in range(len(feats) - 2, -1, -1):
             top = self.laterals[i](feats[i]) + F.interpolate(
                 top, size=feats[i].shape[-2:], mode="bilinear", align_corners=False
             )
-            pyramid.insert(0, self.smooth[i](top))
-        size = pyramid[0].shape[-2:]
-        merged = torch.cat(
-            [pyramid[0]]
-            + [F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in pyramid[1:]],
-            dim=1,
-        )
-        logits = self.classifier(self.fuse(merged))
+            level = self.smooth[i](top)
+            merged = merged + (
+                level if i == 0 else F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+            )
+        logits = self.classifier(self.head(merged))
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,175 @@
+"""The garment parser at serving time: an ONNX model run with ONNX Runtime (no torch).
+
+``Parser.parse(image)`` returns a label map of taxonomy ids at the photo's own resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from candidfashion.taxonomy import CLASSES
+
+if TYPE_CHECKING:
+    from candidfashion.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ModelSourceError(ValueError):
+    """A model source can't be found, fetched or loaded."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve_model_source(source: str, cache_dir: Path) -> Path:
+    """A local path for a model source.
+
+    Accepts a local path, ``file://``, any fsspec URI (``s3://bucket/key.onnx``, ``gs://``,
+    ``http(s)://``) and MLflow registry URIs ``models:/name/version`` (or ``runs:/...``).
+    Remote files are copied into ``cache_dir`` once, named by a hash of the URI.
+    """
+    if source.startswith(("models:/", "runs:/")):
+        try:
+            import mlflow
+        except ImportError as err:
+            raise ModelSourceError(f"{source}: loading from MLflow needs mlflow installed") from err
+        dest = cache_dir / "mlflow" / hashlib.sha256(source.encode()).hexdigest()[:16]
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest)))
+        except Exception as err:  # mlflow raises many types; all mean "not there"
+            raise ModelSourceError(f"{source}: {err}") from err
+        candidates = [local] if local.is_file() else sorted(local.rglob("*.onnx"))
+        if not candidates:
+            raise ModelSourceError(f"{source}: no .onnx file in the MLflow model")
+        return candidates[0]
+    if source.startswith("file://"):
+        source = source[len("file://") :]
+    if "://" not in source:
+        path = Path(source).expanduser()
+        if not path.is_file():
+            raise ModelSourceError(f"model file not found: {path}")
+        return path
+    import fsspec
+
+    dest = cache_dir / "remote" / (hashlib.sha256(source.encode()).hexdigest()[:16] + ".onnx")
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(".part")
+        try:
+            with fsspec.open(source, "rb") as src, open(tmp, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+        except Exception as err:  # fsspec backends raise their own types
+            tmp.unlink(missing_ok=True)
+            raise ModelSourceError(f"{source}: {err}") from err
+        tmp.replace(dest)
+    return dest
+
+
+def make_session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types
+        raise ModelSourceError(f"{path}: not a loadable ONNX model ({err})") from err
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a photo sits inside the model's input after an aspect-preserving resize."""
+
+    scale: float
+    width: int  # resized photo size inside the input
+    height: int
+
+
+def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Fit ``image`` into (W, H) keeping its aspect ratio, top-left aligned, padded with black."""
+    w_in, h_in = size
+    h, w = image.shape[:2]
+    scale = min(w_in / w, h_in / h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    canvas = np.zeros((h_in, w_in, 3), dtype=np.uint8)
+    canvas[:nh, :nw] = cv2.resize(image, (nw, nh), interpolation=interp)
+    return canvas, Letterbox(scale, nw, nh)
+
+
+def logits_to_photo(logits: np.ndarray, box: Letterbox, shape: tuple[int, int]) -> np.ndarray:
+    """Crop the letterboxed (C, H, W) logits and resize them to the photo's (h, w)."""
+    crop = np.ascontiguousarray(logits[:, : box.height, : box.width].transpose(1, 2, 0))
+    h, w = shape
+    # cv2.resize handles at most 512 channels; the parser has 14.
+    out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out if out.ndim == 3 else out[..., None]
+
+
+class Parser:
+    """Garment parser loaded once and shared; safe to call from several threads."""
+
+    def __init__(self, source: str, threads: int = 2, cache_dir: Path | None = None):
+        cache = cache_dir or Path.home() / ".cache" / "candidfashion"
+        self.source = source
+        self.path = resolve_model_source(source, cache)
+        self.sha256 = file_sha256(self.path)
+        self.session = make_session(self.path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("candidfashion.kind", "parser") != "parser":
+            raise ModelSourceError(f"{source} is a {meta['candidfashion.kind']} model, not a parser")
+        classes = json.loads(meta.get("candidfashion.classes", json.dumps(list(CLASSES))))
+        if list(classes) != list(CLASSES):
+            raise ModelSourceError(f"{source} predicts {classes}, not this taxonomy")
+        shape = self.session.get_inputs()[0].shape
+        if "candidfashion.input_size" in meta:
+            w, h = (int(v) for v in meta["candidfashion.input_size"].split("x"))
+        elif isinstance(shape[2], int) and isinstance(shape[3], int):
+            h, w = shape[2], shape[3]
+        else:
+            raise ModelSourceError(f"{source}: input size unknown (no metadata, dynamic shape)")
+        self.input_size = (w, h)
+        self.input_name = self.session.get_inputs()[0].name
+        self._lock = threading.Lock()  # ORT sessions are thread-safe; this only guards stats
+        log.info("parser loaded: %s (sha256 %s, input %dx%d)", self.path, self.sha256[:12], w, h)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Parser:
+        return cls(settings.parser_model, threads=settings.threads, cache_dir=settings.data_dir / "models")
+
+    def logits(self, image: np.ndarray) -> np.ndarray:
+        """Class scores (H, W, C) at the photo's resolution."""
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError("parser input must be an HxWx3 uint8 RGB array")
+        canvas, box = letterbox(image, self.input_size)
+        batch = canvas.transpose(2, 0, 1)[None].astype(np.float32)
+        (out,) = self.session.run(None, {self.input_name: batch})
+        return logits_to_photo(out[0], box, image.shape[:2])
+
+    def parse_with_confidence(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        scores = self.logits(image)
+        labels = scores.argmax(axis=2).astype(np.uint8)
+        top = np.take_along_axis(scores, labels[..., None].astype(np.intp), axis=2)[..., 0]
+        # Softmax probability of the winning class, without materialising all probabilities twice.
+        confidence = 1.0 / np.exp(scores - top[..., None]).sum(axis=2)
+        return labels, confidence.astype(np.float32)
+
+    def parse(self, image: np.ndarray) -> np.ndarray:
+        return self.logits(image).argmax(axis=2).astype(np.uint8)
