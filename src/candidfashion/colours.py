@@ -192,7 +192,7 @@ def nearest_name(lab: tuple[float, float, float] | np.ndarray) -> str:
 
 
 #: Pixels sampled for k-means; more adds time, not accuracy.
-_MAX_SAMPLES = 20_000
+_MAX_SAMPLES = 10_000
 #: Clusters smaller than this share are noise (seams, shadows, a logo's edge).
 _MIN_FRACTION = 0.05
 
@@ -201,7 +201,7 @@ def dominant_colours(rgb_pixels: np.ndarray, k: int = 3) -> list[Colour]:
     """The main colours of a set of pixels, largest share first.
 
     k-means (OpenCV, fixed seed, so the answer is the same every time) in Lab on at most
-    20 000 evenly strided pixels; clusters that get the same palette name are merged, and
+    10 000 evenly strided pixels; clusters that get the same palette name are merged, and
     clusters under 5 % of the pixels are dropped (fractions are of the kept pixels).
     """
     px = np.asarray(rgb_pixels)
@@ -216,7 +216,8 @@ def dominant_colours(rgb_pixels: np.ndarray, k: int = 3) -> list[Colour]:
     if len(px) > _MAX_SAMPLES:
         px = px[:: math.ceil(len(px) / _MAX_SAMPLES)]
     lab = rgb_to_lab(px).astype(np.float32)
-    k_eff = min(k, len(np.unique(px, axis=0)))
+    packed = (px[:, 0].astype(np.int32) << 16) | (px[:, 1].astype(np.int32) << 8) | px[:, 2]
+    k_eff = min(k, len(np.unique(packed)))
     if k_eff == 1:
         labels = np.zeros(len(lab), dtype=np.int32)
         centres = lab.mean(axis=0, keepdims=True)
