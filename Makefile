@@ -14,7 +14,7 @@ TORCH_SPEC ?= torch==2.13.0
 DATA_DIR ?= data
 PYTEST_ARGS ?=
 CLI_DOC := docs/cli.md
-# Width the CLI help is rendered at in docs/cli.md; fixed so the file is reproducible.
+# docs/cli.md holds plain (not rich) --help at a fixed width, so the file is reproducible.
 CLI_DOC_COLUMNS := 100
 
 .PHONY: help install install-dev run test lint docs cli-docs bench clean distclean
@@ -72,7 +72,7 @@ cli-docs: $(STAMPS)/base  ## Regenerate the CLI reference in docs/cli.md.
 	       train eval export demo "feedback export"); \
 	for verb in "$${verbs[@]}"; do \
 	  printf '\n## `candidfashion%s`\n\n```text\n' "$${verb:+ $$verb}" >> $$tmp; \
-	  COLUMNS=$(CLI_DOC_COLUMNS) NO_COLOR=1 TERM=dumb $(BIN)/candidfashion $$verb --help \
+	  COLUMNS=$(CLI_DOC_COLUMNS) NO_COLOR=1 TERM=dumb TYPER_USE_RICH=0 $(BIN)/candidfashion $$verb --help \
 	    | sed -e 's/[[:space:]]*$$//' >> $$tmp; \
 	  printf '```\n' >> $$tmp; \
 	done; \
