@@ -14,6 +14,7 @@ pixels) no wider than the square root of the bigger part's area, about its width
 wears one top and one pair of trousers, so body garments (``BODY_CLASSES``) use a looser
 gap: twice the square root of the class's whole area, which keeps the two sleeves of a
 shirt under a pinafore together (CCP photo 0054) while two people stay apart.
+Fragments always use the tight gap.
 """
 
 from __future__ import annotations
@@ -192,7 +193,8 @@ def _group(mask: np.ndarray, min_area: float, category: str) -> list[np.ndarray]
         for frag in fragments:
             gaps = [_gap(d, cc, frag) for d in dists]
             best = int(np.argmin(gaps))
-            if gaps[best] <= max_gap(areas[best]):
+            # Fragments attach only when close: a speck across the photo is noise.
+            if gaps[best] <= GAP_FACTOR * math.sqrt(areas[best]):
                 extra[best].append(frag.label)
         for k, labels in enumerate(extra):
             if labels:
