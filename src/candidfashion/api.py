@@ -50,7 +50,7 @@ from candidfashion.config import PACKAGE_DIR, Settings
 from candidfashion.feedback import FeedbackError, FeedbackStore
 from candidfashion.imageio import ImageError
 from candidfashion.search import MAX_K, Look, Match, SearchError, SearchFilters, ShopTheLook
-from candidfashion.taxonomy import ITEM_CLASSES
+from candidfashion.taxonomy import CLASS_COLOURS, CLASSES, ITEM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -904,8 +904,12 @@ def create_app(settings: Settings) -> FastAPI:
 
         counts = await anyio.to_thread.run_sync(work)
         return {
-            "categories": [{"name": c, "count": counts.get(c, 0)} for c in ITEM_CLASSES],
+            "categories": [
+                {"name": c, "count": counts.get(c, 0), "colour": _class_colour(c)}
+                for c in ITEM_CLASSES
+            ],
             "colours": _colour_swatches(),
+            "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_k": MAX_K},
         }
 
     @app.post(f"{API}/products", tags=["catalog"])
@@ -1020,6 +1024,11 @@ def _model_info(model: Any) -> dict[str, Any]:
     if isinstance(info.get("source"), str) and os.path.isabs(info["source"]):
         info["source"] = Path(info["source"]).name  # no server paths in public answers
     return info
+
+
+def _class_colour(name: str) -> str:
+    r, g, b = CLASS_COLOURS[CLASSES.index(name)]
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _colour_swatches() -> list[dict[str, str]]:
