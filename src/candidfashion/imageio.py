@@ -146,7 +146,9 @@ def _open_checked(data: bytes, name: str, max_pixels: int | None) -> Image.Image
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         # A recognised format whose header is broken.
-        raise ImageError("truncated", f"{name}: damaged image header ({err})") from None
+        raise ImageError(
+            "truncated", f"{name}: truncated or damaged image header ({err})"
+        ) from None
     width, height = im.size
     if width * height > limit:
         im.close()

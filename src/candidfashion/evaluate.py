@@ -1,0 +1,202 @@
+"""Evaluate an exported ONNX parser on a labelled data set.
+
+The model runs through :class:`candidfashion.parse.Parser`, the exact code path the app
+uses (letterbox, ONNX Runtime, resize back), and predictions are compared with the
+annotation at its full resolution. Pixels labelled 255 are ignored.
+
+Metrics (all from one confusion matrix summed over every image, rows = truth, columns =
+prediction):
+
+* ``per_class_iou``: TP / (TP + FP + FN) per taxonomy class; ``None`` when the class is in
+  neither the truth nor the predictions.
+* ``mean_iou``: mean of the per-class IoUs that are not ``None`` (a class the model predicts
+  but the data never contains counts as 0).
+* ``garment_miou``: mean IoU over the shoppable classes (``taxonomy.GARMENT_CLASSES``) that
+  occur in the ground truth, the number that matters for "shop the look".
+* ``pixel_accuracy``: correctly labelled pixels / labelled pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from candidfashion.taxonomy import CLASSES, GARMENT_CLASSES, NUM_CLASSES
+
+if TYPE_CHECKING:
+    from candidfashion.config import Settings
+
+log = logging.getLogger(__name__)
+
+IGNORE = 255
+
+
+class EvaluationError(ValueError):
+    """The evaluation cannot run: no images, mismatched arrays or labels out of range."""
+
+
+def confusion_matrix(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore: int = IGNORE
+) -> np.ndarray:
+    """A (num_classes, num_classes) int64 matrix; entry [t, p] counts truth t predicted as p.
+
+    Pixels whose target equals ``ignore`` are left out. Shapes must match; labels outside
+    ``0..num_classes-1`` (other than ``ignore`` in the target) raise :class:`EvaluationError`.
+    """
+    if pred.shape != target.shape:
+        raise EvaluationError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    t = target.ravel().astype(np.int64)
+    p = pred.ravel().astype(np.int64)
+    keep = t != ignore
+    t, p = t[keep], p[keep]
+    if t.size and (t.min() < 0 or t.max() >= num_classes):
+        raise EvaluationError(f"target has labels outside 0..{num_classes - 1} (and {ignore})")
+    if p.size and (p.min() < 0 or p.max() >= num_classes):
+        raise EvaluationError(f"prediction has labels outside 0..{num_classes - 1}")
+    counts = np.bincount(t * num_classes + p, minlength=num_classes * num_classes)
+    return counts.reshape(num_classes, num_classes)
+
+
+def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
+    """Per-class IoU as float64; NaN where the class is in neither truth nor prediction."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(axis=0) + cm.sum(axis=1) - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
+
+
+def summarise(confusion: np.ndarray) -> dict[str, Any]:
+    """The report's metric fields from a confusion matrix over the taxonomy."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    if cm.shape != (NUM_CLASSES, NUM_CLASSES):
+        raise EvaluationError(f"confusion must be {NUM_CLASSES}x{NUM_CLASSES}, got {cm.shape}")
+    iou = iou_from_confusion(cm)
+    in_truth = cm.sum(axis=1) > 0
+    total = int(cm.sum())
+    garment_ids = [CLASSES.index(c) for c in GARMENT_CLASSES if in_truth[CLASSES.index(c)]]
+    valid = ~np.isnan(iou)
+    return {
+        "per_class_iou": {
+            name: (None if np.isnan(iou[i]) else float(iou[i])) for i, name in enumerate(CLASSES)
+        },
+        "pixel_accuracy": float(np.trace(cm) / total) if total else None,
+        "mean_iou": float(iou[valid].mean()) if valid.any() else None,
+        "garment_miou": float(iou[garment_ids].mean()) if garment_ids else None,
+        "garment_classes_present": [CLASSES[i] for i in garment_ids],
+        "pixels": total,
+        "confusion": cm.tolist(),
+    }
+
+
+def _progress(console: Console | None, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]evaluating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console or Console(stderr=True),
+        transient=True,
+        disable=not enabled,
+    )
+
+
+def evaluate_parser(
+    data: str,
+    model_source: str,
+    ids_file: Path | None,
+    settings: Settings,
+    *,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Run the ONNX parser over a data set spec (``ccp:DIR`` ...) and return the metrics.
+
+    ``ids_file`` lists the photo ids to use, one per line (default: every labelled photo).
+    Photos that fail to load are skipped and listed under ``skipped`` with the reason.
+    """
+    from candidfashion.datasets import DatasetError, open_dataset, read_ids
+    from candidfashion.imageio import ImageError
+    from candidfashion.parse import Parser
+
+    ids = None
+    if ids_file is not None:
+        try:
+            ids = read_ids(ids_file)
+        except OSError as err:
+            raise EvaluationError(f"cannot read the ids file {ids_file}: {err}") from err
+        if not ids:
+            raise EvaluationError(f"the ids file {ids_file} lists no ids")
+    dataset = open_dataset(data, ids=ids)
+    if len(dataset) == 0:
+        raise EvaluationError(f"{data} has no labelled images to evaluate")
+    parser = Parser(model_source, threads=settings.threads, cache_dir=settings.data_dir / "models")
+
+    confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    skipped: list[dict[str, str]] = []
+    started = time.perf_counter()
+    with _progress(console, progress) as bar:
+        task = bar.add_task("evaluating", total=len(dataset))
+        for image_id in dataset.ids:
+            try:
+                image, mask = dataset.load(image_id)
+            except (DatasetError, ImageError) as err:
+                log.warning("skipping %s: %s", image_id, err)
+                skipped.append({"id": image_id, "error": str(err)})
+                bar.advance(task)
+                continue
+            labels = parser.parse(image)
+            confusion += confusion_matrix(labels, mask, NUM_CLASSES)
+            bar.advance(task)
+    seconds = time.perf_counter() - started
+    evaluated = len(dataset) - len(skipped)
+    if evaluated == 0:
+        raise EvaluationError(f"none of the {len(dataset)} images could be loaded")
+    report: dict[str, Any] = {
+        "data": data,
+        "model": model_source,
+        "model_sha256": parser.sha256,
+        "input_size": list(parser.input_size),
+        "ids_file": str(ids_file) if ids_file else None,
+        "num_images": evaluated,
+        "skipped": skipped,
+        "classes": list(CLASSES),
+        "seconds": round(seconds, 3),
+        "seconds_per_image": round(seconds / evaluated, 4),
+    }
+    report.update(summarise(confusion))
+    return report
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def print_report(report: dict[str, Any], console: Console) -> None:
+    """A per-class IoU table (garment classes marked) and the headline numbers."""
+    cm = np.asarray(report["confusion"], dtype=np.int64)
+    truth = cm.sum(axis=1)
+    total = max(int(truth.sum()), 1)
+    table = Table(title=f"Parser on {report['data']} ({report['num_images']} images)")
+    table.add_column("class")
+    table.add_column("IoU %", justify="right")
+    table.add_column("share of truth %", justify="right")
+    for i, name in enumerate(report.get("classes", CLASSES)):
+        label = f"[bold]{name}[/]" if name in GARMENT_CLASSES else name
+        table.add_row(label, _fmt(report["per_class_iou"][name]), f"{100 * truth[i] / total:.1f}")
+    console.print(table)
+    console.print(
+        f"garment mIoU [bold]{_fmt(report['garment_miou'])}[/]   "
+        f"mean IoU {_fmt(report['mean_iou'])}   "
+        f"pixel accuracy {_fmt(report['pixel_accuracy'])}"
+    )
+    console.print(f"model {report['model']} (sha256 {report['model_sha256'][:12]})")
+    if report.get("skipped"):
+        console.print(f"[yellow]skipped {len(report['skipped'])} images that failed to load[/]")

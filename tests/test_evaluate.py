@@ -1,0 +1,246 @@
+"""Parser evaluation: metric functions, and a full run of a real ONNX model over a CCP folder.
+
+The model is a 1x1 convolution exported from torch whose prediction depends only on the
+pixel colour (red -> dress, blue -> pants, anything grey -> background), so every IoU below
+is worked out by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from candidfashion.config import Settings
+from candidfashion.evaluate import (
+    EvaluationError,
+    confusion_matrix,
+    evaluate_parser,
+    iou_from_confusion,
+    print_report,
+    summarise,
+)
+from candidfashion.taxonomy import CLASS_ID, CLASSES, NUM_CLASSES
+
+# The 59 CCP labels, index order as in the data set's label_list.mat.
+_CCP_LABEL_TEXT = (
+    "null accessories bag belt blazer blouse bodysuit boots bra bracelet cape cardigan clogs "
+    "coat dress earrings flats glasses gloves hair hat heels hoodie intimate jacket jeans jumper "
+    "leggings loafers necklace panties pants pumps purse ring romper sandals scarf shirt shoes "
+    "shorts skin skirt sneakers socks stockings suit sunglasses sweater sweatshirt swimwear "
+    "t-shirt tie tights top vest wallet watch wedges"
+)
+CCP_LABELS = _CCP_LABEL_TEXT.split()
+W, H = 48, 64  # photo size == model input size, so no resampling blurs the colour blocks
+
+
+# --- metric functions -----------------------------------------------------------------------
+
+
+def test_confusion_matrix_counts_and_ignores() -> None:
+    target = np.array([[0, 1, 1], [2, 255, 2]], np.uint8)
+    pred = np.array([[0, 1, 2], [2, 0, 0]], np.uint8)
+    cm = confusion_matrix(pred, target, 3)
+    expected = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 1]])
+    np.testing.assert_array_equal(cm, expected)
+    assert cm.dtype == np.int64 and cm.sum() == 5  # the 255 pixel is not counted
+
+
+def test_confusion_matrix_rejects_bad_input() -> None:
+    with pytest.raises(EvaluationError, match="shape"):
+        confusion_matrix(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.uint8), 3)
+    with pytest.raises(EvaluationError, match="target has labels"):
+        confusion_matrix(np.zeros((1, 2), np.uint8), np.array([[0, 7]], np.uint8), 3)
+    with pytest.raises(EvaluationError, match="prediction has labels"):
+        confusion_matrix(np.array([[0, 9]], np.uint8), np.zeros((1, 2), np.uint8), 3)
+
+
+def test_confusion_matrix_matches_a_loop_on_random_maps() -> None:
+    rng = np.random.default_rng(3)
+    target = rng.integers(0, 5, (37, 23)).astype(np.uint8)
+    target[rng.random(target.shape) < 0.1] = 255
+    pred = rng.integers(0, 5, target.shape).astype(np.uint8)
+    slow = np.zeros((5, 5), np.int64)
+    for t, p in zip(target.ravel(), pred.ravel(), strict=True):
+        if t != 255:
+            slow[t, p] += 1
+    np.testing.assert_array_equal(confusion_matrix(pred, target, 5), slow)
+
+
+def test_iou_from_confusion() -> None:
+    cm = np.array([[4, 1, 0], [2, 2, 0], [0, 0, 0]])
+    iou = iou_from_confusion(cm)
+    assert iou[0] == pytest.approx(4 / (5 + 6 - 4))
+    assert iou[1] == pytest.approx(2 / (4 + 3 - 2))
+    assert np.isnan(iou[2])
+
+
+def test_summarise_excludes_absent_garments_from_garment_miou() -> None:
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    cm[CLASS_ID["top"], CLASS_ID["top"]] = 30
+    cm[CLASS_ID["top"], CLASS_ID["pants"]] = 10  # pants predicted but never in the truth
+    out = summarise(cm)
+    assert out["per_class_iou"]["top"] == pytest.approx(0.75)
+    assert out["per_class_iou"]["pants"] == 0.0
+    assert out["per_class_iou"]["hat"] is None
+    assert out["garment_miou"] == pytest.approx(0.75)  # pants not in truth: left out
+    assert out["mean_iou"] == pytest.approx(0.375)  # but counted as a 0 in the mean IoU
+    assert out["pixel_accuracy"] == pytest.approx(0.75)
+
+
+# --- end to end with a real ONNX model ---------------------------------------------------------
+
+
+def _colour_parser(path: Path) -> Path:
+    """Export a 1x1 conv: logit(dress) = R - B, logit(pants) = B - R, background = 10."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    conv = torch.nn.Conv2d(3, NUM_CLASSES, 1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.bias.fill_(-100.0)
+        conv.bias[CLASS_ID["background"]] = 10.0
+        for cls, sign in (("dress", 1.0), ("pants", -1.0)):
+            conv.weight[CLASS_ID[cls], 0, 0, 0] = sign
+            conv.weight[CLASS_ID[cls], 2, 0, 0] = -sign
+            conv.bias[CLASS_ID[cls]] = 0.0
+    torch.onnx.export(
+        conv.eval(),
+        (torch.zeros(1, 3, H, W),),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
+    model = onnx.load(str(path))
+    for key, value in {
+        "candidfashion.kind": "parser",
+        "candidfashion.classes": json.dumps(list(CLASSES)),
+        "candidfashion.input_size": f"{W}x{H}",
+    }.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, str(path))
+    return path
+
+
+def _write_ccp(root: Path, photos: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    from scipy.io import savemat
+
+    (root / "photos").mkdir(parents=True)
+    (root / "annotations" / "pixel-level").mkdir(parents=True)
+    cell = np.empty((1, len(CCP_LABELS)), dtype=object)
+    for i, name in enumerate(CCP_LABELS):
+        cell[0, i] = name
+    savemat(root / "label_list.mat", {"label_list": cell})
+    for image_id, (rgb, fine) in photos.items():
+        # 4:4:4 and uniform 8x8 blocks: JPEG keeps the block colours within a level or two.
+        Image.fromarray(rgb).save(root / "photos" / f"{image_id}.jpg", quality=95, subsampling=0)
+        savemat(root / "annotations" / "pixel-level" / f"{image_id}.mat", {"groundtruth": fine})
+    return root
+
+
+@pytest.fixture
+def ccp_folder(tmp_path: Path) -> Path:
+    fine = {name: i for i, name in enumerate(CCP_LABELS)}
+    # Photo 0001: red rows 0-31, blue rows 32-63. Truth: dress, pants, then skin (the model
+    # calls the skin rows pants).
+    rgb1 = np.zeros((H, W, 3), np.uint8)
+    rgb1[:32] = (255, 0, 0)
+    rgb1[32:] = (0, 0, 255)
+    gt1 = np.full((H, W), fine["dress"], np.uint8)
+    gt1[32:48] = fine["pants"]
+    gt1[48:] = fine["skin"]
+    # Photo 0002: all grey (model: background). Truth: background with a 16x16 hat.
+    rgb2 = np.full((H, W, 3), 128, np.uint8)
+    gt2 = np.full((H, W), fine["null"], np.uint8)
+    gt2[8:24, 16:32] = fine["hat"]
+    return _write_ccp(tmp_path / "ccp", {"0001": (rgb1, gt1), "0002": (rgb2, gt2)})
+
+
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _colour_parser(tmp_path_factory.mktemp("model") / "colour_parser.onnx")
+
+
+def test_evaluate_parser_numbers_by_hand(
+    ccp_folder: Path, colour_model: Path, settings: Settings
+) -> None:
+    report = evaluate_parser(f"ccp:{ccp_folder}", str(colour_model), None, settings, progress=False)
+    assert report["num_images"] == 2 and report["skipped"] == []
+    iou = report["per_class_iou"]
+    assert iou["dress"] == pytest.approx(1.0)  # 1536 px, all right
+    assert iou["pants"] == pytest.approx(768 / 1536)  # 768 right + 768 skin called pants
+    assert iou["skin"] == 0.0
+    assert iou["background"] == pytest.approx(2816 / 3072)  # the hat is called background
+    assert iou["hat"] == 0.0
+    assert iou["top"] is None and iou["footwear"] is None
+    assert report["pixel_accuracy"] == pytest.approx(5120 / 6144)
+    assert report["garment_miou"] == pytest.approx((1.0 + 0.5 + 0.0) / 3)
+    assert report["garment_classes_present"] == ["dress", "pants", "hat"]
+    assert report["mean_iou"] == pytest.approx((2816 / 3072 + 0 + 1 + 0.5 + 0) / 5)
+    cm = np.array(report["confusion"])
+    assert cm.shape == (NUM_CLASSES, NUM_CLASSES) and cm.sum() == 2 * H * W
+    assert cm[CLASS_ID["skin"], CLASS_ID["pants"]] == 768
+    assert cm[CLASS_ID["hat"], CLASS_ID["background"]] == 256
+    assert len(report["model_sha256"]) == 64
+    assert report["model"] == str(colour_model)
+    assert report["data"] == f"ccp:{ccp_folder}"
+    json.dumps(report)  # the CLI writes it as JSON
+
+    text = io.StringIO()
+    print_report(report, Console(file=text, width=100, color_system=None))
+    out = text.getvalue()
+    assert "garment mIoU 50.0" in out and "pixel accuracy 83.3" in out
+    assert "dress" in out and "100.0" in out
+
+
+def test_evaluate_parser_with_ids_file(
+    ccp_folder: Path, colour_model: Path, settings: Settings, tmp_path: Path
+) -> None:
+    ids = tmp_path / "val.txt"
+    ids.write_text("# validation\n0002\n")
+    report = evaluate_parser(f"ccp:{ccp_folder}", str(colour_model), ids, settings, progress=False)
+    assert report["num_images"] == 1
+    assert report["per_class_iou"]["dress"] is None
+    assert report["garment_miou"] == 0.0  # only the hat is a garment here, and it is missed
+    ids.write_text("# nothing\n")
+    with pytest.raises(EvaluationError, match="lists no ids"):
+        evaluate_parser(f"ccp:{ccp_folder}", str(colour_model), ids, settings, progress=False)
+
+
+def test_evaluate_parser_skips_a_broken_photo(
+    ccp_folder: Path, colour_model: Path, settings: Settings
+) -> None:
+    photo = ccp_folder / "photos" / "0002.jpg"
+    photo.write_bytes(photo.read_bytes()[:200])  # truncated upload
+    report = evaluate_parser(f"ccp:{ccp_folder}", str(colour_model), None, settings, progress=False)
+    assert report["num_images"] == 1
+    assert report["skipped"][0]["id"] == "0002" and "truncated" in report["skipped"][0]["error"]
+    assert report["per_class_iou"]["dress"] == pytest.approx(1.0)
+
+
+def test_evaluate_parser_bad_model(ccp_folder: Path, settings: Settings, tmp_path: Path) -> None:
+    from candidfashion.parse import ModelSourceError
+
+    with pytest.raises(ModelSourceError):
+        evaluate_parser(f"ccp:{ccp_folder}", str(tmp_path / "missing.onnx"), None, settings)
+
+
+@pytest.mark.ccp
+def test_real_ccp_annotations_through_the_evaluator(ccp_dir: Path) -> None:
+    """The real .mat files map to taxonomy ids the metric accepts (no model needed)."""
+    from candidfashion.datasets import open_dataset
+
+    ds = open_dataset(f"ccp:{ccp_dir}")
+    image, mask = ds.load(ds.ids[0])
+    cm = confusion_matrix(mask, mask, NUM_CLASSES)
+    assert cm.sum() == mask.size
+    assert summarise(cm)["pixel_accuracy"] == 1.0
+    assert image.shape[:2] == mask.shape
