@@ -398,6 +398,9 @@ class AppState:
                 self.engine = ShopTheLook.from_settings(self.settings)
                 self.engine_error = None
                 self.metrics.engine_ready.set(1)
+            except (ValueError, OSError) as err:  # a missing or mismatched model or store
+                log.error("could not load the models or open the catalog: %s", err)
+                self.engine_error = f"{type(err).__name__}: {err}"
             except Exception as err:  # reported by /readyz and 503s, not fatal to the server
                 log.exception("could not load the models or open the catalog")
                 self.engine_error = f"{type(err).__name__}: {err}"
@@ -1105,6 +1108,8 @@ def _mount_docs(app: FastAPI) -> None:
                 swagger_js_url="/docs/assets/swagger-ui-bundle.js",
                 swagger_css_url="/docs/assets/swagger-ui.css",
                 swagger_favicon_url="/docs/assets/favicon-32x32.png",
+                # No call-outs to the public spec validator.
+                swagger_ui_parameters={"validatorUrl": None},
             )
     else:
 

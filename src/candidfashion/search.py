@@ -339,7 +339,10 @@ class ShopTheLook:
             hits = self.index.search(vec, fetch, vfilter)[0]
             allowed: set[str] | None = None
             if wanted.keyword is not None:
-                found = self.db.search_text(wanted.keyword, limit=max(fetch, 1000))
+                try:
+                    found = self.db.search_text(wanted.keyword, limit=max(fetch, 1000))
+                except ValueError as err:  # a query the full-text index refuses
+                    raise SearchError(str(err)) from err
                 allowed = {p.id for p in found}
             ids = [h.id for h in hits if allowed is None or h.id in allowed]
             products = self.db.get_many(ids)
