@@ -1,4 +1,4 @@
-"""All settings in one place, overridable by ``CANDIDFASHION_*`` environment variables and CLI flags."""
+"""All settings in one place, overridable by ``CANDIDFASHION_*`` env variables and CLI flags."""
 
 from __future__ import annotations
 

@@ -51,7 +51,9 @@ def resolve_model_source(source: str, cache_dir: Path) -> Path:
             raise ModelSourceError(f"{source}: loading from MLflow needs mlflow installed") from err
         dest = cache_dir / "mlflow" / hashlib.sha256(source.encode()).hexdigest()[:16]
         try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest)))
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest))
+            )
         except Exception as err:  # mlflow raises many types; all mean "not there"
             raise ModelSourceError(f"{source}: {err}") from err
         candidates = [local] if local.is_file() else sorted(local.rglob("*.onnx"))
@@ -134,7 +136,9 @@ class Parser:
         self.session = make_session(self.path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("candidfashion.kind", "parser") != "parser":
-            raise ModelSourceError(f"{source} is a {meta['candidfashion.kind']} model, not a parser")
+            raise ModelSourceError(
+                f"{source} is a {meta['candidfashion.kind']} model, not a parser"
+            )
         classes = json.loads(meta.get("candidfashion.classes", json.dumps(list(CLASSES))))
         if list(classes) != list(CLASSES):
             raise ModelSourceError(f"{source} predicts {classes}, not this taxonomy")
@@ -152,7 +156,9 @@ class Parser:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Parser:
-        return cls(settings.parser_model, threads=settings.threads, cache_dir=settings.data_dir / "models")
+        return cls(
+            settings.parser_model, threads=settings.threads, cache_dir=settings.data_dir / "models"
+        )
 
     def logits(self, image: np.ndarray) -> np.ndarray:
         """Class scores (H, W, C) at the photo's resolution."""

@@ -91,9 +91,7 @@ _CCP_GROUPS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 #: CCP fine label name -> taxonomy class name.
-CCP_TO_CLASS: dict[str, str] = {
-    fine: cls for cls, fines in _CCP_GROUPS.items() for fine in fines
-}
+CCP_TO_CLASS: dict[str, str] = {fine: cls for cls, fines in _CCP_GROUPS.items() for fine in fines}
 
 # iMaterialist Fashion 2020 (FGVC7) / Fashionpedia share 46 categories. Parts
 # (sleeve, collar, pocket, ...) and decorations are not items: they map to None so the

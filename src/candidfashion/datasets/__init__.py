@@ -33,7 +33,9 @@ def read_ids(path: str | Path) -> list[str]:
 def open_dataset(spec: str, ids: list[str] | None = None) -> SegmentationDataset:
     kind, sep, location = spec.partition(":")
     if not sep or not location:
-        raise DatasetError(f"data spec {spec!r} must look like ccp:DIR, imaterialist:DIR or coco:FILE")
+        raise DatasetError(
+            f"data spec {spec!r} must look like ccp:DIR, imaterialist:DIR or coco:FILE"
+        )
     kind = kind.lower()
     if kind == "ccp":
         return CCPDataset(location, ids=ids)

@@ -42,10 +42,15 @@ class CCPDataset:
         raw = _loadmat(label_file)["label_list"].ravel()
         self.fine_labels: list[str] = [str(np.asarray(x).ravel()[0]) for x in raw]
         self._table = np.array(
-            [255 if t < 0 else t for t in lookup_table(dict(enumerate(self.fine_labels)), CCP_TO_CLASS)],
+            [
+                255 if t < 0 else t
+                for t in lookup_table(dict(enumerate(self.fine_labels)), CCP_TO_CLASS)
+            ],
             dtype=np.uint8,
         )
-        available = sorted(p.stem for p in annotations.glob("*.mat") if (photos / f"{p.stem}.jpg").exists())
+        available = sorted(
+            p.stem for p in annotations.glob("*.mat") if (photos / f"{p.stem}.jpg").exists()
+        )
         if ids is not None:
             missing = sorted(set(ids) - set(available))
             if missing:
@@ -66,7 +71,9 @@ class CCPDataset:
             raise DatasetError(f"{image_id}.mat has no 'groundtruth' variable")
         gt = np.asarray(data["groundtruth"])
         if gt.ndim != 2 or gt.max(initial=0) >= len(self.fine_labels):
-            raise DatasetError(f"{image_id}.mat: groundtruth has shape {gt.shape} or unknown labels")
+            raise DatasetError(
+                f"{image_id}.mat: groundtruth has shape {gt.shape} or unknown labels"
+            )
         return gt.astype(np.uint8)
 
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:

@@ -71,7 +71,9 @@ def train_augmentation(crop: tuple[int, int], base_height: int, infer_height: in
     return A.Compose(
         [
             A.RandomScale(scale_limit=(ratio * 0.75 - 1, min(ratio * 1.3, 1.0) - 1), p=1.0),
-            A.Affine(rotate=(-8, 8), p=0.3, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE),
+            A.Affine(
+                rotate=(-8, 8), p=0.3, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE
+            ),
             A.PadIfNeeded(height, width, border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=IGNORE),
             A.RandomCrop(height, width),
             A.HorizontalFlip(p=0.5),
@@ -93,9 +95,3 @@ class AugmentedDataset(torch.utils.data.Dataset):
         out = self.transform(image=self.images[i], mask=self.masks[i])
         image = torch.from_numpy(np.ascontiguousarray(out["image"])).permute(2, 0, 1).float()
         return image, torch.from_numpy(np.ascontiguousarray(out["mask"])).long()
-
-
-def to_model_input(image: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-    """Resize a whole photo to the parser's (W, H) input, as the ONNX parser does at serving time."""
-    resized = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(resized).permute(2, 0, 1).float()[None]

