@@ -244,3 +244,26 @@ def test_real_ccp_annotations_through_the_evaluator(ccp_dir: Path) -> None:
     assert cm.sum() == mask.size
     assert summarise(cm)["pixel_accuracy"] == 1.0
     assert image.shape[:2] == mask.shape
+
+
+def test_progress_bar_is_drawn_on_a_terminal(
+    ccp_folder: Path, colour_model: Path, settings: Settings
+) -> None:
+    text = io.StringIO()
+    console = Console(file=text, force_terminal=True, width=100)
+    report = evaluate_parser(
+        f"ccp:{ccp_folder}", str(colour_model), None, settings, progress=True, console=console
+    )
+    assert report["num_images"] == 2
+    assert "evaluating" in text.getvalue() and "2/2" in text.getvalue()
+
+
+def test_print_report_handles_classes_without_scores() -> None:
+    cm = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    cm[0, 0] = 10  # background only: no garment in the truth
+    report = {**summarise(cm), "data": "ccp:x", "num_images": 1, "model": "m.onnx"}
+    report["model_sha256"] = "0" * 64
+    text = io.StringIO()
+    print_report(report, Console(file=text, width=100, color_system=None))
+    assert report["garment_miou"] is None
+    assert "garment mIoU -" in text.getvalue()
