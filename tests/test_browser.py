@@ -141,8 +141,11 @@ def test_shop_the_look_desktop(server: str, browser, demo_photo: Path) -> None:
     )
     chip = page.locator('#chips .chip[data-category="outerwear"]')
     assert chip.get_attribute("aria-pressed") == "true"
-    titles = page.locator("#results .product .title").all_inner_texts()
-    assert any("denim" in t.lower() for t in titles), titles
+    shown = page.eval_on_selector_all(
+        "#results .product", "els => els.map(e => e.dataset.productId)"
+    )
+    # The light-wash or the black distressed denim jacket of the demo catalog.
+    assert {"openvto-jackets-1", "openvto-jackets-2"} & set(shown[:2]), shown
     assert page.locator("#cutout").evaluate("img => img.complete && img.naturalWidth > 0")
     page.wait_for_function(
         "[...document.querySelectorAll('#results img')].slice(0, 4)"

@@ -71,8 +71,9 @@ def look_photo_path() -> Path:
 
 def test_denim_jacket_found(look) -> None:
     jacket = next(r for r in look.items if r.item.category == "outerwear")
-    titles = [m.product.title.lower() for m in jacket.matches[:3]]
-    assert any("denim" in t for t in titles), titles
+    top = [m.product.id for m in jacket.matches[:2]]
+    # The light-wash and the black distressed denim jackets of the openvto demo catalog.
+    assert {"openvto-jackets-1", "openvto-jackets-2"} & set(top), top
 
 
 def test_all_items_embedded_in_one_call(engine: ShopTheLook, photo: Path) -> None:
@@ -131,8 +132,8 @@ def test_price_stock_keyword_filters(engine: ShopTheLook, look) -> None:
         cap = min(priced)
         got = engine.search_vector(jacket.vector, SearchFilters(max_price=cap, in_stock=True), k=10)
         assert all(m.product.price <= cap and m.product.in_stock for m in got)
-    got = engine.search_vector(jacket.vector, SearchFilters(keyword="denim"), k=10)
-    allowed = {p.id for p in engine.db.search_text("denim", limit=1000)}
+    got = engine.search_vector(jacket.vector, SearchFilters(keyword="jacket"), k=10)
+    allowed = {p.id for p in engine.db.search_text("jacket", limit=1000)}
     assert got and {m.product.id for m in got} <= allowed
 
 

@@ -62,6 +62,11 @@ class SearchFilters:
         """A copy with normalised values; raises :class:`SearchError` on nonsense."""
         category = (self.category or "").strip().lower() or None
         if category is not None and category not in ITEM_CLASSES:
+            from candidfashion.catalog import normalise_category
+
+            # Shoppers and shops say "jeans" or "jackets"; map them onto the taxonomy.
+            category = normalise_category(category) or category
+        if category is not None and category not in ITEM_CLASSES:
             raise SearchError(
                 f"unknown category {self.category!r}; expected one of {', '.join(ITEM_CLASSES)}"
             )

@@ -269,7 +269,9 @@ async function showLook(look, file) {
   state.masks = new Map(look.items.map((item) => [item.index, decodeRle(item.mask)]));
   state.selected = null;
   const img = $("photo");
+  if (img.dataset.objectUrl) URL.revokeObjectURL(img.dataset.objectUrl);
   const url = URL.createObjectURL(file);
+  img.dataset.objectUrl = url;
   await new Promise((resolve) => {
     img.onload = resolve;
     img.onerror = resolve;
@@ -281,7 +283,7 @@ async function showLook(look, file) {
   renderChips();
   if (look.items.length) {
     const first = look.items.find((i) => i.category === "outerwear") || look.items[0];
-    selectItem(first.index, { focus: false });
+    selectItem(first.index);
   } else {
     $("item-panel").hidden = true;
     drawOverlay();
@@ -312,7 +314,7 @@ function renderChips() {
   }
 }
 
-function selectItem(index, { focus = true } = {}) {
+function selectItem(index) {
   state.selected = index;
   const item = state.look.items.find((i) => i.index === index);
   for (const chip of document.querySelectorAll("#chips .chip")) {
@@ -337,7 +339,6 @@ function selectItem(index, { focus = true } = {}) {
   resetFilters(item);
   renderResults(item.products);
   drawOverlay();
-  if (focus) $("item-title").focus?.();
 }
 
 function renderResults(products) {

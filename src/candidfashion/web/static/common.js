@@ -157,7 +157,7 @@ export function productCard(product, { extraActions = [] } = {}) {
   );
   return el(
     "li",
-    { class: "card product" },
+    { class: "card product", "data-product-id": product.id },
     el("div", { class: "thumb" }, img),
     el(
       "div",
