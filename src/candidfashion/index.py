@@ -113,6 +113,12 @@ def _check_batch(ids: Sequence[str], n_vectors: int, metadata: Sequence[dict]) -
         raise IndexError_("duplicate ids in one upsert batch")
 
 
+def _remove(index: faiss.Index, labels: list[int]) -> int:
+    # IDSelectorArray is the one selector IVF's hash-table direct map can remove with.
+    arr = np.ascontiguousarray(labels, dtype=np.int64)
+    return int(index.remove_ids(faiss.IDSelectorArray(arr)))
+
+
 def _merge_topk(
     scores: list[np.ndarray], labels: list[np.ndarray], k: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -269,7 +275,7 @@ class FaissIndex:
                 adds.setdefault(self._categories[cat], []).append(row)
             for cat_name, labs in removals.items():
                 shard = self._shards[cat_name]
-                shard.index.remove_ids(faiss.IDSelectorBatch(np.asarray(labs, dtype=np.int64)))
+                _remove(shard.index, labs)
                 shard.dirty = True
             for cat_name, rows in adds.items():
                 shard = self._shards.get(cat_name)
@@ -299,9 +305,7 @@ class FaissIndex:
             removed = 0
             for cat_name, labs in removals.items():
                 shard = self._shards[cat_name]
-                removed += shard.index.remove_ids(
-                    faiss.IDSelectorBatch(np.asarray(labs, dtype=np.int64))
-                )
+                removed += _remove(shard.index, labs)
                 shard.dirty = True
             if removals:
                 self._meta_dirty = True
@@ -348,7 +352,7 @@ class FaissIndex:
     def _build_ivf(self, labels: np.ndarray, vecs: np.ndarray) -> _Shard:
         """Train an IVF-Flat index on a shard's own vectors and tune nprobe for recall."""
         n = len(vecs)
-        nlist = int(min(max(64, round(math.sqrt(n))), 8192))
+        nlist = int(min(max(16, round(math.sqrt(n))), 8192, max(1, n // 39)))
         quantizer = faiss.IndexFlatIP(self.dim)
         index = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
@@ -356,6 +360,8 @@ class FaissIndex:
         train = vecs[rng.choice(n, n_train, replace=False)] if n_train < n else vecs
         index.cp.niter = 12
         index.train(np.ascontiguousarray(train))
+        # A hash-table direct map keeps remove_ids working and allows reconstruct by label.
+        index.set_direct_map_type(faiss.DirectMap.Hashtable)
         index.add_with_ids(vecs, labels)
         nprobe = self._tune_nprobe(index, labels, vecs, rng)
         log.info("built IVF shard: %d vectors, nlist=%d, nprobe=%d", n, nlist, nprobe)
@@ -505,6 +511,18 @@ class FaissIndex:
     def ids(self) -> list[str]:
         with self._lock:
             return list(self._label_of)
+
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored (normalised) vector of each id that exists."""
+        out: dict[str, np.ndarray] = {}
+        with self._lock:
+            for pid in ids:
+                label = self._label_of.get(pid)
+                if label is None:
+                    continue
+                shard = self._shards[self._categories[self._cat[label]]]
+                out[pid] = np.asarray(shard.index.reconstruct(int(label)), dtype=np.float32)
+        return out
 
     def category_counts(self) -> dict[str, int]:
         with self._lock:
