@@ -28,12 +28,17 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch  # the seed model's export needs torch; the timing alone does not
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path.home() / ".cache" / "candidfashion" / "bench"
@@ -80,24 +85,28 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_onnx_export(model: object, dummy: object, out: Path) -> None:
-    """Export like the parser (opset 17, input "image", output "logits", dynamic batch)."""
+def _atomic_onnx_export(model: torch.nn.Module, dummy: torch.Tensor, out: Path) -> None:
+    """Export with the settings ``candidfashion.train.export`` uses for the parser: the
+    TorchScript exporter, opset 17, constant folding, input "image", output "logits",
+    dynamic batch axis."""
     import torch
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".part.onnx")
-    batch = torch.export.Dim("batch", min=1, max=64)
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(tmp),
-        input_names=["image"],
-        output_names=["logits"],
-        opset_version=17,
-        dynamic_shapes={"image": {0: batch}},
-        external_data=False,
-        dynamo=True,
-    )
+    with warnings.catch_warnings():
+        # Shapes turned into constants are intended: the spatial input size is fixed.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(tmp),
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     tmp.replace(out)  # a killed export never leaves a half-written cache entry
 
 
@@ -123,18 +132,25 @@ def seed_model_path(cache_dir: Path, size: tuple[int, int]) -> Path:
 
 
 def dev_parser_path(cache_dir: Path) -> Path:
-    """An untrained ParserNet export, only for developing this script before a model ships."""
-    out = cache_dir / "dev_parser_untrained_320x480.onnx"
+    """An untrained ParserNet export, only for developing this script before a model ships.
+
+    Goes through a checkpoint and ``export_parser``, the path a trained parser takes."""
+    out = cache_dir / "dev_parser_untrained.onnx"
     if out.is_file():
         return out
     import torch
 
+    from candidfashion.taxonomy import NUM_CLASSES
+    from candidfashion.train.export import export_parser
     from candidfashion.train.model import ParserNet
 
     torch.manual_seed(0)
-    model = ParserNet(pretrained=False).eval()
-    with torch.no_grad():
-        _atomic_onnx_export(model, torch.rand(1, 3, 480, 320) * 255.0, out)
+    ckpt = cache_dir / "dev_parser_untrained.pt"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    model = ParserNet(pretrained=False)
+    state = {"model": model.state_dict(), "encoder": "lite0", "num_classes": NUM_CLASSES}
+    torch.save({**state, "input_size": [320, 480], "epoch": 0, "metrics": {}, "config": {}}, ckpt)
+    export_parser(ckpt, out)
     return out
 
 

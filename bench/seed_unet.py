@@ -108,7 +108,8 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: torch.Size) -> torch.Tensor:
         # Upsampling to the skip's exact size (not a blind x2) lets sides that are not
         # multiples of 32, such as 720, through; smp would require padding them to 736.
-        x = F.interpolate(x, size=size, mode="nearest")
+        # Plain ints: an ONNX export then gets fixed sizes, as the input size is fixed.
+        x = F.interpolate(x, size=(int(size[0]), int(size[1])), mode="nearest")
         if skip is not None:
             x = torch.cat([x, skip], dim=1)
         return self.conv2(self.conv1(x))
@@ -136,6 +137,8 @@ class SeedUNet(nn.Module):
             DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels, strict=True)
         )
         self.head = nn.Conv2d(decoder_channels[-1], num_classes, 3, padding=1)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(_MEAN).view(1, 3, 1, 1) * 255.0)
         self.register_buffer("std", torch.tensor(_STD).view(1, 3, 1, 1) * 255.0)
 
