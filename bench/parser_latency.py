@@ -294,19 +294,21 @@ def parser_stage_cases(parser: object, photo: np.ndarray, label: str) -> list[Ca
     ]
 
 
-def _fmt_ratio(value: float, base: float) -> str:
-    return f"{value / base:.1f}x"
-
-
 def print_table(rows: list[Row], base: Row) -> None:
-    head = f"{'model':<34} {'input':<16} {'p50 ms':>9} {'p95 ms':>9} {'p50 / parser':>13} {'MB':>7}"
+    nw = max(len("model"), *(len(r.name) for r in rows))
+    iw = max(len("input"), *(len(r.input) for r in rows))
+    head = (
+        f"{'model':<{nw}} {'input':<{iw}} {'p50 ms':>9} {'p95 ms':>9} "
+        f"{'p50 / parser':>13} {'MB':>7}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         mb = f"{r.model_mb:.1f}" if r.model else "-"
+        ratio = r.p50_ms / base.p50_ms
         print(
-            f"{r.name:<34} {r.input:<16} {r.p50_ms:>9.1f} {r.p95_ms:>9.1f} "
-            f"{_fmt_ratio(r.p50_ms, base.p50_ms):>13} {mb:>7}"
+            f"{r.name:<{nw}} {r.input:<{iw}} {r.p50_ms:>9.1f} {r.p95_ms:>9.1f} "
+            f"{ratio:>12.2f}x {mb:>7}"
         )
 
 
