@@ -78,11 +78,23 @@ cli-docs: $(STAMPS)/base  ## Regenerate the CLI reference in docs/cli.md.
 	done; \
 	mv $$tmp $(CLI_DOC); echo "wrote $(CLI_DOC)"
 
-bench: $(STAMPS)/dev  ## Run the benchmarks in bench/ (bench/run.py, else every bench/bench_*.py).
-	@set -e; \
-	if [ -f bench/run.py ]; then scripts=bench/run.py; else scripts=$$(ls bench/bench_*.py 2>/dev/null || true); fi; \
-	[ -n "$$scripts" ] || { echo "error: no benchmark scripts in bench/" >&2; exit 1; }; \
-	for script in $$scripts; do echo "== $$script"; $(BIN)/python $$script; done
+# Each benchmark prints its table and writes JSON into $(BENCH_OUT); see bench/README.md.
+# Nothing here downloads (u2netp is skipped); the first run exports the seed U-Net once.
+BENCH_OUT ?= runs/bench
+BENCHMARKS ?= parser_latency end_to_end vector_search retrieval_quality load
+bench_args_parser_latency := --skip-u2netp
+bench_args_end_to_end :=
+bench_args_vector_search := --sizes 100000
+bench_args_retrieval_quality :=
+bench_args_load := --clients 8 --duration 20
+
+bench: $(STAMPS)/dev  ## Run the benchmarks in bench/ (BENCHMARKS="end_to_end load" for some).
+	@mkdir -p $(BENCH_OUT); failed=""; \
+	$(foreach b,$(BENCHMARKS),echo "== bench/$(b).py $(bench_args_$(b))"; \
+	  $(BIN)/python bench/$(b).py $(bench_args_$(b)) --json $(BENCH_OUT)/$(b).json \
+	  || failed="$$failed $(b)"; ) \
+	if [ -n "$$failed" ]; then echo "failed:$$failed" >&2; exit 1; fi; \
+	echo "results in $(BENCH_OUT)/"
 
 clean:  ## Remove build outputs and caches (keeps .venv and data/).
 	rm -rf site build dist .pytest_cache .ruff_cache .mypy_cache src/*.egg-info
