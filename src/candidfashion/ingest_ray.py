@@ -65,13 +65,16 @@ def init_ray(address: str) -> Any:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     if address == "local":
         cpus = max(1, min(2, os.cpu_count() or 1))
-        ray.init(
-            num_cpus=cpus,
-            include_dashboard=False,
-            ignore_reinit_error=True,
-            log_to_driver=False,
-            configure_logging=False,
-        )
+        try:
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                ignore_reinit_error=True,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        except Exception as err:  # Ray raises bare Exception when its node fails to start
+            raise RayUnavailable(f"could not start a local Ray: {err}") from err
     else:
         try:
             ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
