@@ -380,7 +380,10 @@ def run(args: argparse.Namespace) -> dict:
     if u2 is not None:
         cases.append(session_case("rembg u2netp", u2, args.threads, (320, 320)))
     load_before = os.getloadavg()
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     rows = time_cases(cases, args.runs, args.warmup)
+    # CPU seconds this process got per wall second: about --threads when nothing competes.
+    cpu_share = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     load_after = os.getloadavg()
     e2e, raw = rows[0], rows[1]
 
@@ -392,9 +395,18 @@ def run(args: argparse.Namespace) -> dict:
         f"{os.cpu_count()} CPUs, 1-min load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after"
     )
+    print(f"this process got {cpu_share:.2f} CPU-seconds per second while timing")
+    if max(load_before[0], load_after[0]) > (os.cpu_count() or 1):
+        print(
+            "WARNING: more runnable processes than CPUs: absolute times are inflated, and "
+            "a net of many small ops (the parser) loses more to it than one of few big ops "
+            "(the seed), so the speed-ups printed understate the parser's."
+        )
     print(f"photo: {photo_desc}")
     print(f"parser: {parser_path} (sha256 {parser.sha256[:12]}), input {pw}x{ph} (WxH)")
-    print(f"seed: random weights, input {seed_size[0]}x{seed_size[1]} (WxH), 14 classes\n")
+    if seed is not None:
+        print(f"seed: {seed}, random weights, input {seed_size[0]}x{seed_size[1]} (WxH)")
+    print()
     print_table(rows, raw)
     print()
     verdicts = []
@@ -431,6 +443,7 @@ def run(args: argparse.Namespace) -> dict:
         "warmup": args.warmup,
         "cpus": os.cpu_count(),
         "load_average": [load_before[0], load_after[0]],
+        "cpu_share": cpu_share,
         "photo": photo_desc,
         "parser_sha256": parser.sha256,
         "dev_parser": dev,
