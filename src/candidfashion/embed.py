@@ -49,12 +49,14 @@ def _check_image(image: object, index: int) -> np.ndarray:
     return image
 
 
-def trim_uniform_border(rgb: np.ndarray) -> np.ndarray:
+def trim_uniform_border(rgb: np.ndarray, whiten: bool = True) -> np.ndarray:
     """Crop a product photo to its subject when the background is plain.
 
     The background colour is the median of the outermost 2-pixel frame; if most of the
     frame matches it, rows and columns that hold (almost) only background are cut off,
-    keeping a small margin. Photos with busy borders are returned unchanged.
+    keeping a small margin. With ``whiten``, background pixels connected to the frame are
+    also set to white, so a studio shot on grey looks like a cut-out on white (the queries
+    are cut-outs). Photos with busy borders are returned unchanged.
     """
     h, w = rgb.shape[:2]
     if h < 8 or w < 8:
@@ -70,9 +72,10 @@ def trim_uniform_border(rgb: np.ndarray) -> np.ndarray:
     background = np.median(frame, axis=0)
     if (np.abs(frame - background).max(axis=1) <= BORDER_TOLERANCE).mean() < UNIFORM_SHARE:
         return rgb
-    foreground = (
-        np.abs(rgb.astype(np.int16) - background.astype(np.int16)).max(axis=2) > BORDER_TOLERANCE
+    is_bg = (
+        np.abs(rgb.astype(np.int16) - background.astype(np.int16)).max(axis=2) <= BORDER_TOLERANCE
     )
+    foreground = ~is_bg
     # A row or column is content when more than a sliver of it differs (JPEG noise doesn't).
     rows = np.flatnonzero(foreground.sum(axis=1) > max(2, 0.005 * w))
     cols = np.flatnonzero(foreground.sum(axis=0) > max(2, 0.005 * h))
@@ -81,6 +84,14 @@ def trim_uniform_border(rgb: np.ndarray) -> np.ndarray:
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     if (y1 - y0) * (x1 - x0) < 0.01 * h * w:
         return rgb  # a speck on a blank image: nothing worth cropping to
+    if whiten:
+        # Background regions that touch the frame; enclosed ones (inside a handle, or a
+        # garment that happens to match the backdrop) stay as they are.
+        _, regions = cv2.connectedComponents(is_bg.view(np.uint8), connectivity=4)
+        edge = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
+        outside = np.isin(regions, edge[edge > 0])
+        rgb = rgb.copy()
+        rgb[outside] = 255
     margin = round(TRIM_MARGIN * max(y1 - y0, x1 - x0))
     return rgb[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin]
 
