@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import resource
 import shutil
 import tempfile
 import time
@@ -61,6 +63,11 @@ def make_images(folder: Path, n: int, size: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=200, help="number of product images")
@@ -88,6 +95,7 @@ def main() -> None:
         if args.embedder:
             settings.embedder_model = args.embedder
         embedder = Embedder.from_settings(settings)
+        cpu0 = _cpu_s()
         first = ingest(
             src,
             settings,
@@ -97,6 +105,7 @@ def main() -> None:
             parser=False,
             progress=True,
         )
+        cpu_s = _cpu_s() - cpu0
         second = ingest(src, settings, embedder=embedder, parser=False, progress=False)
         result = {
             "n": args.n,
@@ -107,6 +116,11 @@ def main() -> None:
             "generate_s": round(gen_s, 2),
             "ingest_s": round(first.seconds, 2),
             "images_per_s": round(first.images_per_s, 1),
+            # CPU seconds of this process (all threads): on a shared machine, wall-clock
+            # rate understates what 2 dedicated cores do; 2 / cpu_per_image_s bounds it.
+            "cpu_s": round(cpu_s, 2),
+            "cpu_ms_per_image": round(1000 * cpu_s / max(first.embedded, 1), 1),
+            "load_avg_1m": round(os.getloadavg()[0], 1),
             "added": first.added,
             "errors": len(first.errors),
             "rerun_s": round(second.seconds, 2),

@@ -541,8 +541,9 @@ def test_sigkill_mid_ingest_then_resume(
     nothing is duplicated, the re-run finishes the job.
 
     The child reads its JSONL from a named pipe, so the test decides exactly how far it
-    gets: 10 rows are written, two batches of 4 commit, then the child waits for more input
-    with 2 rows prepared but not committed, and is killed."""
+    gets: 10 rows are written (batches of 4). Batch 1 is embedded and committed; batch 2 is
+    loaded (the loader runs one batch ahead) but waits for batch 3 to be read before it is
+    embedded; rows 9-10 are read but do not fill a batch. Then the child is killed."""
     root = tmp_path / "shop"
     rows = good_rows(root, n=20)
     lines = [json.dumps(r) + "\n" for r in rows]
@@ -573,10 +574,10 @@ def test_sigkill_mid_ingest_then_resume(
                 if db_path.exists():
                     with CatalogDB(db_path) as db:
                         count = db.count()
-                if count >= 8:
+                if count >= 4:
                     break
                 time.sleep(0.05)
-            time.sleep(0.3)  # let it prepare rows 9-10 too (they cannot commit: batch of 4)
+            time.sleep(0.5)  # give it time to (wrongly) commit more, if it would
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=30)
     finally:
@@ -584,13 +585,13 @@ def test_sigkill_mid_ingest_then_resume(
             child.kill()
     assert child.returncode == -signal.SIGKILL, child.stderr.read() if child.stderr else ""
     with CatalogDB(cat_settings.resolved_catalog_db()) as db:
-        assert db.count() == 8
-    assert FaissIndex(cat_settings.data_dir / "index", EMBED_DIM).count() == 8
+        assert db.count() == 4
+    assert FaissIndex(cat_settings.data_dir / "index", EMBED_DIM).count() == 4
 
     fifo.unlink()
     src = write_csv(root / "catalog.csv", rows)
     report = ingest(src, cat_settings, embedder=embedder, progress=False, parser=False)
-    assert (report.added, report.updated, report.unchanged, report.errors) == (12, 0, 8, [])
+    assert (report.added, report.updated, report.unchanged, report.errors) == (16, 0, 4, [])
     db, index = open_catalog(cat_settings)
     assert db.count() == 20 and index.count() == 20
     assert sorted(db.ids()) == sorted(r["id"] for r in rows)
