@@ -310,6 +310,7 @@ def render_overlay(
         )
         t = thickness * 2 if item.index == highlight else thickness
         cv2.drawContours(canvas, contours, -1, colour, t, lineType=cv2.LINE_AA)
+    placed: list[tuple[int, int, int, int]] = []  # label boxes drawn so far
     for item in items:
         colour = tuple(int(c) for c in CLASS_COLOURS[CLASS_ID[item.category]])
         # Text in black or white, whichever reads better on the label's colour.
@@ -320,6 +321,16 @@ def render_overlay(
         x0, y0 = item.box[0], item.box[1]
         x0 = min(max(0, x0), max(0, w - tw - 6))
         y0 = max(th + base + 4, y0)
+        # Items often share a corner (a top under a jacket): stack their labels instead.
+        while (
+            any(
+                x0 < px1 and px0 < x0 + tw + 6 and y0 - th - base - 4 < py1 and py0 < y0
+                for px0, py0, px1, py1 in placed
+            )
+            and y0 + th + base + 4 <= h
+        ):
+            y0 += th + base + 4
+        placed.append((x0, y0 - th - base - 4, x0 + tw + 6, y0))
         cv2.rectangle(canvas, (x0, y0 - th - base - 4), (x0 + tw + 6, y0), colour, cv2.FILLED)
         cv2.putText(
             canvas,
