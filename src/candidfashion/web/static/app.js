@@ -180,9 +180,10 @@ function drawOverlay() {
   const ctx = canvas.getContext("2d");
   ctx.clearRect(0, 0, cw, ch);
   const scale = cw / look.width;
-  const thick = Math.max(2, Math.round(2 * dpr));
+  const thick = Math.max(2, Math.round(2.5 * dpr));
   // Selected item last, so its outline sits on top.
   const order = [...look.items].sort((a, b) => (a.index === state.selected) - (b.index === state.selected));
+  const labels = [];
   for (const item of order) {
     const mask = state.masks.get(item.index);
     const [x0, y0, x1, y1] = item.box;
@@ -226,19 +227,40 @@ function drawOverlay() {
     layer.height = bh;
     layer.getContext("2d").putImageData(image, 0, 0);
     ctx.globalAlpha = selected || state.selected === null ? 1 : 0.55;
+    // A light halo keeps dark outlines visible on dark clothes.
+    ctx.shadowColor = "rgba(255, 255, 255, 0.95)";
+    ctx.shadowBlur = (selected ? 5 : 3) * dpr;
     ctx.drawImage(layer, bx0, by0);
+    ctx.shadowBlur = 0;
+    ctx.shadowColor = "transparent";
     ctx.globalAlpha = 1;
-    // Label pill at the item's top-left corner.
+    labels.push({ item, bx0, by0, r, g, b, selected });
+  }
+  drawLabels(ctx, labels, cw, ch, dpr);
+}
+
+function drawLabels(ctx, labels, cw, ch, dpr) {
+  // Label pills at each item's top-left corner, nudged down so none overlap.
+  const placed = [];
+  const lh = Math.round(20 * dpr);
+  ctx.font = `600 ${Math.round(12 * dpr)}px system-ui, sans-serif`;
+  for (const { item, bx0, by0, r, g, b, selected } of labels) {
     const label = `${item.index + 1} ${item.category}`;
-    ctx.font = `600 ${Math.round(12 * dpr)}px system-ui, sans-serif`;
-    const tw = ctx.measureText(label).width;
-    const lh = Math.round(20 * dpr);
-    const lx = Math.min(Math.max(0, bx0), cw - tw - 12 * dpr);
-    const ly = Math.max(0, by0 - lh - 2 * dpr) || Math.min(ch - lh, by0 + 2 * dpr);
-    ctx.fillStyle = `rgba(${r}, ${g}, ${b}, ${selected ? 1 : 0.9})`;
+    const w = ctx.measureText(label).width + 12 * dpr;
+    const lx = Math.min(Math.max(0, bx0), cw - w);
+    let ly = Math.max(0, by0 - lh - 2 * dpr);
+    const hits = (y) => placed.some((p) => lx < p.x + p.w && p.x < lx + w && y < p.y + lh + 2 && p.y < y + lh + 2);
+    while (hits(ly) && ly + lh < ch) ly += lh + 3 * dpr;
+    placed.push({ x: lx, y: ly, w });
+    ctx.fillStyle = `rgba(${r}, ${g}, ${b}, ${selected ? 1 : 0.92})`;
     ctx.beginPath();
-    ctx.roundRect(lx, ly, tw + 12 * dpr, lh, 6 * dpr);
+    ctx.roundRect(lx, ly, w, lh, 6 * dpr);
     ctx.fill();
+    if (selected) {
+      ctx.strokeStyle = "#fff";
+      ctx.lineWidth = 1.5 * dpr;
+      ctx.stroke();
+    }
     ctx.fillStyle = r * 0.299 + g * 0.587 + b * 0.114 > 160 ? "#111" : "#fff";
     ctx.fillText(label, lx + 6 * dpr, ly + lh * 0.7);
   }
@@ -349,12 +371,30 @@ function renderResults(products) {
     return;
   }
   for (const product of products) {
-    const good = el("button", { type: "button", "aria-label": `Good match: ${product.title}` }, "👍 Good");
-    const wrong = el("button", { type: "button", "aria-label": `Wrong match: ${product.title}` }, "👎 Wrong");
+    const good = el("button", { type: "button", "aria-label": `Good match: ${product.title}` }, icon("check"), "Good");
+    const wrong = el("button", { type: "button", "aria-label": `Wrong match: ${product.title}` }, icon("cross"), "Wrong");
     good.addEventListener("click", () => sendFeedback("good", product.id, good, wrong));
     wrong.addEventListener("click", () => sendFeedback("wrong", product.id, wrong, good));
     list.append(productCard(product, { extraActions: [good, wrong] }));
   }
+}
+
+const ICONS = { check: "M3 8.5l3.2 3.2L13 5", cross: "M4 4l8 8M12 4l-8 8" };
+
+/** A small stroke icon (inline SVG: no emoji font or icon font needed). */
+function icon(name) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("viewBox", "0 0 16 16");
+  svg.setAttribute("class", "icon");
+  svg.setAttribute("aria-hidden", "true");
+  const path = document.createElementNS("http://www.w3.org/2000/svg", "path");
+  path.setAttribute("d", ICONS[name]);
+  path.setAttribute("fill", "none");
+  path.setAttribute("stroke", "currentColor");
+  path.setAttribute("stroke-width", "2");
+  path.setAttribute("stroke-linecap", "round");
+  svg.append(path);
+  return svg;
 }
 
 async function sendFeedback(verdict, productId, button, other) {
