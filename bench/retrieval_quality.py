@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from collections import Counter
@@ -218,10 +219,10 @@ def ccp_chance(crops: Crops) -> dict[str, float]:
 # ---------------------------------------------------------------------------- embedders
 
 
-def onnx_embedder(model: Path, batch: int = 16) -> tuple[str, EmbedFn]:
+def onnx_embedder(model: Path, threads: int, batch: int = 16) -> tuple[str, EmbedFn]:
     from candidfashion.embed import Embedder
 
-    emb = Embedder(str(model), threads=2)
+    emb = Embedder(str(model), threads=threads)
     name = f"onnx {model.name} ({emb.metadata.get('candidfashion.pooling', '?')}, {emb.input_size})"
 
     def run(images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
@@ -231,14 +232,16 @@ def onnx_embedder(model: Path, batch: int = 16) -> tuple[str, EmbedFn]:
     return name, run
 
 
-def torch_sweep(encoders: Sequence[str], sizes: Sequence[int], batch: int = 16) -> EmbedFn:
+def torch_sweep(
+    encoders: Sequence[str], sizes: Sequence[int], threads: int, batch: int = 16
+) -> EmbedFn:
     """All (encoder, size, pooling) combinations, one backbone pass per encoder and size."""
     import torch
 
     from candidfashion.train.export import POOLINGS, EmbedderNet, build_embedder
     from candidfashion.train.model import INPUT_MEAN, INPUT_STD
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     nets = {enc: build_embedder(enc, POOLINGS[0]) for enc in encoders}
     heads = {
         (enc, pooling): EmbedderNet(nets[enc].backbone, pooling).eval()
@@ -277,17 +280,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--ccp-photos", type=int, default=160, help="CCP photos to use (0: all)")
     ap.add_argument("--ccp-dir", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="CPU threads (more only helps on idle cores)"
+    )
+    ap.add_argument("--crops-cache", type=Path, default=None, help="reuse CCP cut-outs (.pkl)")
     args = ap.parse_args(argv)
 
     if args.sweep:
         encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-        embed = torch_sweep(encoders, sizes)
+        embed = torch_sweep(encoders, sizes, args.threads)
     else:
         if not args.model.is_file():
             print(f"no embedder at {args.model}; run `candidfashion export --kind embedder`")
             return 2
-        _, embed = onnx_embedder(args.model)
+        _, embed = onnx_embedder(args.model, args.threads)
 
     results: dict[str, dict[str, float]] = {}
     timings: dict[str, float] = {}
@@ -301,7 +308,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ccp_dir = args.ccp_dir or get_settings().ccp_dir
     if (ccp_dir / "annotations" / "pixel-level").is_dir():
         t = time.perf_counter()
-        crops = ccp_crops(ccp_dir, args.ccp_photos)
+        cache = args.crops_cache
+        if cache is not None and cache.is_file():
+            with open(cache, "rb") as fh:
+                crops = pickle.load(fh)  # a file this script wrote itself
+        else:
+            crops = ccp_crops(ccp_dir, args.ccp_photos)
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                with open(cache, "wb") as fh:
+                    pickle.dump(crops, fh)
         n_q = sum(crops.query)
         print(
             f"CCP: {len(set(crops.photo))} photos, {n_q} query items, "

@@ -219,13 +219,15 @@ def dominant_colours(rgb_pixels: np.ndarray, k: int = 3) -> list[Colour]:
     packed = (px[:, 0].astype(np.int32) << 16) | (px[:, 1].astype(np.int32) << 8) | px[:, 2]
     k_eff = min(k, len(np.unique(packed)))
     if k_eff == 1:
-        labels = np.zeros(len(lab), dtype=np.int32)
-        centres = lab.mean(axis=0, keepdims=True)
+        labels: np.ndarray = np.zeros(len(lab), dtype=np.int32)
+        centres: np.ndarray = lab.mean(axis=0, keepdims=True)
     else:
         cv2.setRNGSeed(12345)
         criteria = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_MAX_ITER, 20, 0.5)
-        _, labels, centres = cv2.kmeans(lab, k_eff, None, criteria, 3, cv2.KMEANS_PP_CENTERS)
-        labels = labels.ravel()
+        start = np.zeros((len(lab), 1), dtype=np.int32)  # unused with k-means++ seeding
+        _, best, found = cv2.kmeans(lab, k_eff, start, criteria, 3, cv2.KMEANS_PP_CENTERS)
+        labels = np.asarray(best, dtype=np.int32).ravel()
+        centres = np.asarray(found)
     counts = np.bincount(labels, minlength=len(centres)).astype(np.float64)
     merged: dict[str, list[float]] = {}  # name -> [count, sum L, sum a, sum b]
     for idx, count in enumerate(counts):
