@@ -420,17 +420,6 @@ class CatalogDB:
             raise CatalogError(f"cannot search for {q!r}: {err}") from err
         return [_row_to_product(r) for r in rows]
 
-    def list(self, limit: int = 50, offset: int = 0, category: str | None = None) -> list[Product]:
-        sql = f"SELECT {_COLUMNS} FROM products"
-        args: list[Any] = []
-        if category is not None:
-            sql += " WHERE category = ?"
-            args.append(category)
-        sql += " ORDER BY id LIMIT ? OFFSET ?"
-        args += [int(limit), int(offset)]
-        with self._lock:
-            return [_row_to_product(r) for r in self._conn.execute(sql, args)]
-
     def ids(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._conn.execute("SELECT id FROM products ORDER BY id")]
@@ -467,6 +456,17 @@ class CatalogDB:
         """Raise if the FTS index disagrees with the table (used by tests and `stats`)."""
         with self._lock:
             self._conn.execute("INSERT INTO products_fts(products_fts) VALUES ('integrity-check')")
+
+    def list(self, limit: int = 50, offset: int = 0, category: str | None = None) -> list[Product]:
+        sql = f"SELECT {_COLUMNS} FROM products"
+        args: list[Any] = []
+        if category is not None:
+            sql += " WHERE category = ?"
+            args.append(category)
+        sql += " ORDER BY id LIMIT ? OFFSET ?"
+        args += [int(limit), int(offset)]
+        with self._lock:
+            return [_row_to_product(r) for r in self._conn.execute(sql, args)]
 
 
 # --------------------------------------------------------------------------------------
@@ -920,7 +920,7 @@ class Preparer:
                         "no parser to infer missing categories (%s); leaving them empty", err
                     )
                     self._parser = False
-            return self._parser or None
+            return None if isinstance(self._parser, bool) else self._parser
 
     def _load(self, item: WorkItem) -> np.ndarray:
         from candidfashion.imageio import ImageError, load_image_rgba

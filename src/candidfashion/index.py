@@ -23,10 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+# The SWIG type stubs lack keyword arguments and subclass attributes used below.
+faiss: Any = _faiss
 
 
 class IndexError_(ValueError):
@@ -278,9 +281,9 @@ class FaissIndex:
                 _remove(shard.index, labs)
                 shard.dirty = True
             for cat_name, rows in adds.items():
-                shard = self._shards.get(cat_name)
-                if shard is None:
-                    shard = self._shards[cat_name] = self._new_flat()
+                if cat_name not in self._shards:
+                    self._shards[cat_name] = self._new_flat()
+                shard = self._shards[cat_name]
                 rows_arr = np.asarray(rows)
                 shard.index.add_with_ids(vecs[rows_arr], labels[rows_arr])
                 shard.dirty = True
@@ -708,7 +711,7 @@ class FaissIndex:
 def _save_npz(path: str, **arrays: np.ndarray) -> None:
     # np.savez appends ".npz" to names without it; write through a file handle instead.
     with open(path, "wb") as fh:
-        np.savez(fh, **arrays)
+        np.savez(fh, **arrays)  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------
