@@ -244,6 +244,9 @@ def train(
     val_ids: Annotated[
         Path | None, typer.Option(help="File of validation ids (default: splits/).")
     ] = None,
+    init_from: Annotated[
+        Path | None, typer.Option(help="Start from this checkpoint's weights (fine-tuning).")
+    ] = None,
 ) -> None:
     """Train the garment parser (needs the [train] extra)."""
     try:
@@ -266,6 +269,7 @@ def train(
         seed=seed,
         mlflow_uri=mlflow_uri or _settings().resolved_mlflow_uri(),
         val_ids=val_ids,
+        init_from=init_from,
     )
     run_training(cfg)
 

@@ -48,6 +48,8 @@ class TrainConfig:
     seed: int = 0
     mlflow_uri: str = ""
     val_ids: Path | None = None
+    #: Start from this checkpoint's weights (fresh optimizer and schedule), e.g. to fine-tune.
+    init_from: Path | None = None
     dice_weight: float = 0.5
     threads: int = field(
         default_factory=lambda: int(os.environ.get("CANDIDFASHION_TRAIN_THREADS", "0"))
@@ -194,7 +196,19 @@ def run_training(cfg: TrainConfig) -> Path:
         dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, generator=generator
     )
 
-    model = ParserNet(cfg.encoder, pretrained=True)
+    model = ParserNet(cfg.encoder, pretrained=cfg.init_from is None)
+    if cfg.init_from is not None:
+        init = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+        if init.get("encoder") != cfg.encoder:
+            raise ValueError(
+                f"{cfg.init_from} has encoder {init.get('encoder')}, not {cfg.encoder}"
+            )
+        model.load_state_dict(init["model"])
+        console.print(f"initialised from {cfg.init_from} (epoch {init.get('epoch', -1) + 1})")
+    # The TF ports' BN momentum (0.01) adapts too slowly to new data when fine-tuning.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = 0.1
     encoder_params = list(model.encoder.parameters())
     encoder_ids = {id(p) for p in encoder_params}
     decoder_params = [p for p in model.parameters() if id(p) not in encoder_ids]
@@ -256,6 +270,15 @@ def run_training(cfg: TrainConfig) -> Path:
                     scheduler.step()
                     running += loss.item()
                     progress.update(task, advance=1, loss=running / step)
+                    if not console.is_terminal and step % 20 == 0:
+                        # Progress bars don't render into log files; leave a trace there.
+                        log.info(
+                            "epoch %d step %d/%d loss %.4f",
+                            epoch + 1,
+                            step,
+                            steps_per_epoch,
+                            running / step,
+                        )
             train_loss = running / steps_per_epoch
             cm = validate(model, val_images, val_masks, cfg.input_size)
             metrics = metrics_from_confusion(cm)
