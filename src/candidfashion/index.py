@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import faiss as _faiss
 import numpy as np
+
+# faiss logs which CPU build it picked at INFO on every import: noise in CLI output.
+logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+
+import faiss as _faiss  # noqa: E402
 
 log = logging.getLogger(__name__)
 
