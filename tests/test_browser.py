@@ -17,6 +17,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from candidfashion.config import REPO_MODELS_DIR, Settings
@@ -131,10 +133,11 @@ def test_shop_the_look_desktop(server: str, browser, demo_photo: Path) -> None:
     other = next(i for i in look["items"] if i["category"] != "outerwear")
     page.click(f'#chips .chip[data-item="{other["index"]}"]')
     jacket = next(i for i in look["items"] if i["category"] == "outerwear")
-    mask = rle_decode(jacket["mask"])
-    ys, xs = mask.nonzero()
-    centre = ((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2).argmin()
-    px, py = jacket["box"][0] + xs[centre] + 0.5, jacket["box"][1] + ys[centre] + 0.5
+    # The point deepest inside the jacket's mask, so the click cannot land on its edge.
+    mask = rle_decode(jacket["mask"]).astype(np.uint8)
+    depth = cv2.distanceTransform(np.pad(mask, 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(depth.argmax()), depth.shape)
+    px, py = jacket["box"][0] + x + 0.5, jacket["box"][1] + y + 0.5
     box = page.locator("#overlay").bounding_box()
     page.mouse.click(
         box["x"] + px / look["width"] * box["width"], box["y"] + py / look["height"] * box["height"]
@@ -192,6 +195,10 @@ def test_shop_the_look_phone(server: str, browser, demo_photo: Path) -> None:
     page.locator("#photo-wrap").scroll_into_view_if_needed()
     _shot(page, "look-phone.png")
     page.locator("#results").scroll_into_view_if_needed()
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')].slice(0, 4)"
+        ".every(i => i.complete && i.naturalWidth > 0)"
+    )
     _shot(page, "look-phone-results.png")
     assert console.errors == []
     context.close()

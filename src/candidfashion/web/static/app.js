@@ -272,14 +272,18 @@ function itemAt(event) {
   const rect = canvas.getBoundingClientRect();
   const px = ((event.clientX - rect.left) / rect.width) * look.width;
   const py = ((event.clientY - rect.top) / rect.height) * look.height;
+  // A few display pixels of slack, so a click on a thin strap or an outline still counts.
+  const slack = Math.max(1, Math.round((3 * look.width) / rect.width));
+  const inMask = (item, x, y) => {
+    const [x0, y0, x1, y1] = item.box;
+    if (x < x0 || x >= x1 || y < y0 || y >= y1) return false;
+    const mask = state.masks.get(item.index);
+    return mask.data[Math.floor(y - y0) * mask.w + Math.floor(x - x0)] === 1;
+  };
+  const offsets = [[0, 0], [slack, 0], [-slack, 0], [0, slack], [0, -slack]];
   // Smallest item under the pointer wins (a bag over a coat).
   const hits = look.items
-    .filter((item) => {
-      const [x0, y0, x1, y1] = item.box;
-      if (px < x0 || px >= x1 || py < y0 || py >= y1) return false;
-      const mask = state.masks.get(item.index);
-      return mask.data[Math.floor(py - y0) * mask.w + Math.floor(px - x0)] === 1;
-    })
+    .filter((item) => offsets.some(([dx, dy]) => inMask(item, px + dx, py + dy)))
     .sort((a, b) => a.area - b.area);
   return hits[0] || null;
 }
@@ -300,8 +304,10 @@ async function showLook(look, file) {
     img.src = url;
   });
   $("look").hidden = false;
-  const t = look.timings;
-  $("timings").textContent = t.total_ms ? `Found in ${Math.round(t.total_ms)} ms on the server.` : "";
+  // Server-side stage timings, for the curious (also in /metrics).
+  $("photo-wrap").title = Object.entries(look.timings)
+    .map(([k, v]) => `${k.replace("_ms", "")}: ${Math.round(v)} ms`)
+    .join(", ");
   renderChips();
   if (look.items.length) {
     const first = look.items.find((i) => i.category === "outerwear") || look.items[0];
