@@ -129,9 +129,7 @@ class FeedbackStore:
         with tmp.open("w", encoding="utf-8") as fh:
             for rec in records:
                 row = asdict(rec)
-                row["created_at"] = time.strftime(
-                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.created_at)
-                )
+                row["created_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(rec.created_at))
                 fh.write(json.dumps(row, sort_keys=True) + "\n")
         tmp.replace(out)
         return len(records)
