@@ -137,6 +137,10 @@ def test_milvus_lite_persists_and_checks_dim(tmp_path: Path) -> None:
     again = _make("milvus", tmp_path)
     assert again.count() == 20
     assert again.search(vecs[3:4], 1)[0][0].id == "p3"
+    assert isinstance(again, MilvusIndex)
+    got = again.get_vectors(["p3", "nope"])
+    assert list(got) == ["p3"]
+    np.testing.assert_allclose(got["p3"], vecs[3] / np.linalg.norm(vecs[3]), atol=1e-6)
     again.close()
     with pytest.raises(VectorIndexError, match="16-d"):
         MilvusIndex(f"milvus-lite://{tmp_path / 'm.db'}", 8)
@@ -161,6 +165,9 @@ def test_faiss_persists_and_reloads(tmp_path: Path) -> None:
     index.flush()
     again = FaissIndex(tmp_path / "idx", DIM)
     assert again.count() == 200
+    got = again.get_vectors(["p7", "nope"])
+    assert list(got) == ["p7"]
+    np.testing.assert_allclose(got["p7"], vecs[7] / np.linalg.norm(vecs[7]), atol=1e-6)
     assert again.search(vecs[:5], 10, VectorFilter(category="top", in_stock=True)) == before
     with pytest.raises(VectorIndexError, match="16-d vectors but 8-d"):
         FaissIndex(tmp_path / "idx", 8)

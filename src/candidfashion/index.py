@@ -836,6 +836,19 @@ class MilvusIndex:
             found.extend(r["id"] for r in rows)
         return found
 
+    def get_vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored (normalised) vector of each id that exists."""
+        out: dict[str, np.ndarray] = {}
+        unique = list(dict.fromkeys(ids))
+        with self._lock:
+            for start in range(0, len(unique), 1000):
+                rows = self._client.get(
+                    self.collection, ids=unique[start : start + 1000], output_fields=["vector"]
+                )
+                for r in rows:
+                    out[str(r["id"])] = np.asarray(r["vector"], dtype=np.float32)
+        return out
+
     def delete(self, ids: Sequence[str]) -> int:
         with self._lock:
             existing = self._existing(ids)
