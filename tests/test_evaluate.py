@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from rich.console import Console
 
+from builders import CCP_LABELS, export_onnx_parser, write_ccp
 from candidfashion.config import Settings
 from candidfashion.evaluate import (
     EvaluationError,
@@ -25,17 +25,8 @@ from candidfashion.evaluate import (
     print_report,
     summarise,
 )
-from candidfashion.taxonomy import CLASS_ID, CLASSES, NUM_CLASSES
+from candidfashion.taxonomy import CLASS_ID, NUM_CLASSES
 
-# The 59 CCP labels, index order as in the data set's label_list.mat.
-_CCP_LABEL_TEXT = (
-    "null accessories bag belt blazer blouse bodysuit boots bra bracelet cape cardigan clogs "
-    "coat dress earrings flats glasses gloves hair hat heels hoodie intimate jacket jeans jumper "
-    "leggings loafers necklace panties pants pumps purse ring romper sandals scarf shirt shoes "
-    "shorts skin skirt sneakers socks stockings suit sunglasses sweater sweatshirt swimwear "
-    "t-shirt tie tights top vest wallet watch wedges"
-)
-CCP_LABELS = _CCP_LABEL_TEXT.split()
 W, H = 48, 64  # photo size == model input size, so no resampling blurs the colour blocks
 
 
@@ -99,7 +90,7 @@ def test_summarise_excludes_absent_garments_from_garment_miou() -> None:
 def _colour_parser(path: Path) -> Path:
     """Export a 1x1 conv: logit(dress) = R - B, logit(pants) = B - R, background = 10."""
     torch = pytest.importorskip("torch")
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     conv = torch.nn.Conv2d(3, NUM_CLASSES, 1)
     with torch.no_grad():
         conv.weight.zero_()
@@ -109,41 +100,7 @@ def _colour_parser(path: Path) -> Path:
             conv.weight[CLASS_ID[cls], 0, 0, 0] = sign
             conv.weight[CLASS_ID[cls], 2, 0, 0] = -sign
             conv.bias[CLASS_ID[cls]] = 0.0
-    torch.onnx.export(
-        conv.eval(),
-        (torch.zeros(1, 3, H, W),),
-        str(path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
-    model = onnx.load(str(path))
-    for key, value in {
-        "candidfashion.kind": "parser",
-        "candidfashion.classes": json.dumps(list(CLASSES)),
-        "candidfashion.input_size": f"{W}x{H}",
-    }.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(model, str(path))
-    return path
-
-
-def _write_ccp(root: Path, photos: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    from scipy.io import savemat
-
-    (root / "photos").mkdir(parents=True)
-    (root / "annotations" / "pixel-level").mkdir(parents=True)
-    cell = np.empty((1, len(CCP_LABELS)), dtype=object)
-    for i, name in enumerate(CCP_LABELS):
-        cell[0, i] = name
-    savemat(root / "label_list.mat", {"label_list": cell})
-    for image_id, (rgb, fine) in photos.items():
-        # 4:4:4 and uniform 8x8 blocks: JPEG keeps the block colours within a level or two.
-        Image.fromarray(rgb).save(root / "photos" / f"{image_id}.jpg", quality=95, subsampling=0)
-        savemat(root / "annotations" / "pixel-level" / f"{image_id}.mat", {"groundtruth": fine})
-    return root
+    return export_onnx_parser(conv, path, (W, H))
 
 
 @pytest.fixture
@@ -161,7 +118,7 @@ def ccp_folder(tmp_path: Path) -> Path:
     rgb2 = np.full((H, W, 3), 128, np.uint8)
     gt2 = np.full((H, W), fine["null"], np.uint8)
     gt2[8:24, 16:32] = fine["hat"]
-    return _write_ccp(tmp_path / "ccp", {"0001": (rgb1, gt1), "0002": (rgb2, gt2)})
+    return write_ccp(tmp_path / "ccp", {"0001": (rgb1, gt1), "0002": (rgb2, gt2)})
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from builders import export_onnx_parser
 from candidfashion.parse import (
     ModelSourceError,
     Parser,
@@ -34,28 +34,8 @@ class ColourParser(torch.nn.Module):
         return logits
 
 
-def export_tiny(model: torch.nn.Module, path: Path, kind: str = "parser", classes=CLASSES) -> Path:
-    example = torch.zeros(1, 3, INPUT_H, INPUT_W)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    proto = onnx.load(str(path))
-    for key, value in {
-        "candidfashion.kind": kind,
-        "candidfashion.classes": json.dumps(list(classes)),
-        "candidfashion.input_size": f"{INPUT_W}x{INPUT_H}",
-    }.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
-    return path
+def export_tiny(model, path: Path, kind: str = "parser", classes=CLASSES) -> Path:
+    return export_onnx_parser(model, path, (INPUT_W, INPUT_H), kind=kind, classes=classes)
 
 
 @pytest.fixture(scope="module")
