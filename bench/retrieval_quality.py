@@ -18,9 +18,9 @@ Two modes:
 
 * ``--model models/embedder.onnx`` (default): the shipped ONNX model through
   ``candidfashion.embed.Embedder``, i.e. exactly what the app runs.
-* ``--sweep``: torch, one backbone pass per input size, every pooling in
-  ``train.export.POOLINGS`` read off the same pass (needs the [train] extra). This is how
-  the shipped pooling and input size were chosen.
+* ``--sweep``: one backbone pass per input size, every pooling in
+  ``train.export.POOLINGS`` read off the same pass (exports temporary ONNX graphs, so it
+  needs the [train] extra). This is how the shipped pooling and input size were chosen.
 
 Defaults use 160 CCP photos so the whole run takes a few minutes on two cores;
 ``--ccp-photos 0`` uses all of them.
@@ -232,36 +232,63 @@ def onnx_embedder(model: Path, threads: int, batch: int = 16) -> tuple[str, Embe
     return name, run
 
 
-def torch_sweep(
+def sweep_embedders(
     encoders: Sequence[str], sizes: Sequence[int], threads: int, batch: int = 16
 ) -> EmbedFn:
-    """All (encoder, size, pooling) combinations, one backbone pass per encoder and size."""
+    """All (encoder, size, pooling) combinations, one backbone pass per encoder and size.
+
+    Each (encoder, size) is exported once to a temporary ONNX graph with every pooling as
+    an output, and run with ONNX Runtime: the same runtime the app uses, and on a busy
+    CPU about twice as fast as torch.
+    """
+    import tempfile
+
+    import onnxruntime as ort
     import torch
 
     from candidfashion.train.export import POOLINGS, EmbedderNet, build_embedder
     from candidfashion.train.model import INPUT_MEAN, INPUT_STD
 
+    class AllPoolings(torch.nn.Module):
+        def __init__(self, backbone: torch.nn.Module):
+            super().__init__()
+            self.heads = torch.nn.ModuleList(EmbedderNet(backbone, p) for p in POOLINGS)
+
+        def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            feats = self.heads[0].backbone.features((image - INPUT_MEAN) / INPUT_STD)
+            return tuple(head.pool(feats) for head in self.heads)
+
     torch.set_num_threads(threads)
-    nets = {enc: build_embedder(enc, POOLINGS[0]) for enc in encoders}
-    heads = {
-        (enc, pooling): EmbedderNet(nets[enc].backbone, pooling).eval()
-        for enc in encoders
-        for pooling in POOLINGS
-    }
+    tmp = Path(tempfile.mkdtemp(prefix="cf-sweep-"))
+    sessions = {}
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    for enc in encoders:
+        model = AllPoolings(build_embedder(enc, POOLINGS[0]).backbone).eval()
+        for size in sizes:
+            path = tmp / f"{enc}-{size}.onnx"
+            torch.onnx.export(
+                model,
+                (torch.rand(1, 3, size, size) * 255,),
+                str(path),
+                input_names=["image"],
+                output_names=list(POOLINGS),
+                dynamic_axes={"image": {0: "batch"}},
+                opset_version=17,
+                dynamo=False,
+            )
+            sessions[(enc, size)] = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
 
     def run(images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         out: dict[str, list[np.ndarray]] = {}
-        for enc in encoders:
-            for size in sizes:
-                for i in range(0, len(images), batch):
-                    x = np.stack([prepare(img, size) for img in images[i : i + batch]])
-                    x = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))
-                    with torch.no_grad():
-                        # One backbone pass serves every pooling.
-                        feats = nets[enc].backbone.features((x - INPUT_MEAN) / INPUT_STD)
-                        for pooling in POOLINGS:
-                            vec = heads[(enc, pooling)].pool(feats)
-                            out.setdefault(f"{enc} {size} {pooling}", []).append(vec.numpy())
+        for (enc, size), session in sessions.items():
+            for i in range(0, len(images), batch):
+                x = np.stack([prepare(img, size) for img in images[i : i + batch]])
+                x = np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+                for pooling, vec in zip(POOLINGS, session.run(None, {"image": x}), strict=True):
+                    out.setdefault(f"{enc} {size} {pooling}", []).append(vec)
         return {k: np.concatenate(v) for k, v in out.items()}
 
     return run
@@ -289,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.sweep:
         encoders = [e.strip() for e in args.encoders.split(",") if e.strip()]
         sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
-        embed = torch_sweep(encoders, sizes, args.threads)
+        embed = sweep_embedders(encoders, sizes, args.threads)
     else:
         if not args.model.is_file():
             print(f"no embedder at {args.model}; run `candidfashion export --kind embedder`")
