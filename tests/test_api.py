@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -624,3 +625,30 @@ def test_server_answers_after_cut_off_uploads(live_server: tuple[str, int]) -> N
     )
     assert r.status_code == 200, r.text
     assert isinstance(r.json()["items"], list)
+
+
+def test_looks_are_shared_between_worker_processes(tmp_path: Path) -> None:
+    """With workers > 1 a refine request may reach another process than the upload."""
+    from candidfashion.api import CachedLook, LookCache, SharedLookStore
+    from candidfashion.items import extract_items
+    from candidfashion.search import ItemResult, Look
+    from candidfashion.taxonomy import CLASS_ID
+
+    image = np.full((120, 80, 3), 200, dtype=np.uint8)
+    labels = np.zeros((120, 80), dtype=np.uint8)
+    labels[20:90, 10:70] = CLASS_ID["top"]
+    items = extract_items(image, labels)
+    look = Look("shared1", "0" * 64, 80, 120, [ItemResult(items[0], [], None)], {"total_ms": 1})
+    path = tmp_path / "looks.sqlite"
+    worker_a = LookCache(60, 5, SharedLookStore(path, 60, 10))
+    worker_b = LookCache(60, 5, SharedLookStore(path, 60, 10))
+    worker_a.put(CachedLook(look=look, photo=b"jpeg bytes"))
+    got = worker_b.get("shared1")
+    assert got is not None and got.photo == b"jpeg bytes"
+    assert got.look.items[0].item.category == "top"
+    assert np.array_equal(got.look.items[0].item.mask, items[0].mask)
+    assert worker_b.get("missing") is None
+    # Expired rows are not served.
+    stale = LookCache(60, 5, SharedLookStore(path, 0.01, 10))
+    time.sleep(0.05)
+    assert stale.get("shared1") is None

@@ -16,8 +16,11 @@ import hmac
 import io
 import logging
 import os
+import pickle
+import sqlite3
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -270,12 +273,65 @@ class CachedLook:
     overlay_png: bytes | None = None
 
 
-class LookCache:
-    """Recent looks by id, dropped after ``ttl_s`` or when more than ``max_size`` are held."""
+class SharedLookStore:
+    """Looks shared between the worker processes of one server (``workers > 1``).
 
-    def __init__(self, ttl_s: float, max_size: int) -> None:
+    A refine request may reach another worker than the upload did, so each look is also
+    written, compressed, to SQLite in the data folder. Only this server's own processes
+    write the file, which is why reading it back with pickle is acceptable.
+    """
+
+    def __init__(self, path: Path, ttl_s: float, max_rows: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.ttl_s = ttl_s
+        self.max_rows = max(1, max_rows)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(path, check_same_thread=False, timeout=10)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS looks (id TEXT PRIMARY KEY, created REAL, data BLOB)"
+        )
+        self._conn.commit()
+
+    def put(self, entry: CachedLook) -> None:
+        blob = zlib.compress(pickle.dumps(entry, protocol=pickle.HIGHEST_PROTOCOL), 1)
+        now = time.time()
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO looks (id, created, data) VALUES (?, ?, ?)",
+                (entry.look.id, now, blob),
+            )
+            self._conn.execute("DELETE FROM looks WHERE created < ?", (now - self.ttl_s,))
+            self._conn.execute(
+                "DELETE FROM looks WHERE id NOT IN "
+                "(SELECT id FROM looks ORDER BY created DESC LIMIT ?)",
+                (self.max_rows,),
+            )
+            self._conn.commit()
+
+    def get(self, look_id: str) -> CachedLook | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT created, data FROM looks WHERE id = ?", (look_id,)
+            ).fetchone()
+        if row is None or time.time() - row[0] > self.ttl_s:
+            return None
+        entry: CachedLook = pickle.loads(zlib.decompress(row[1]))
+        # Age it correctly on this process's monotonic clock.
+        entry.created = time.monotonic() - (time.time() - row[0])
+        return entry
+
+
+class LookCache:
+    """Recent looks by id, dropped after ``ttl_s`` or when more than ``max_size`` are held.
+
+    With a :class:`SharedLookStore`, looks made by other worker processes are found too.
+    """
+
+    def __init__(self, ttl_s: float, max_size: int, shared: SharedLookStore | None = None):
         self.ttl_s = ttl_s
         self.max_size = max(1, max_size)
+        self.shared = shared
         self._items: OrderedDict[str, CachedLook] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -286,17 +342,27 @@ class LookCache:
                 break
             self._items.popitem(last=False)
 
-    def put(self, entry: CachedLook) -> None:
+    def _remember(self, entry: CachedLook) -> None:
         with self._lock:
             self._expire(time.monotonic())
             self._items[entry.look.id] = entry
             while len(self._items) > self.max_size:
                 self._items.popitem(last=False)
 
+    def put(self, entry: CachedLook) -> None:
+        self._remember(entry)
+        if self.shared is not None:
+            self.shared.put(entry)
+
     def get(self, look_id: str) -> CachedLook | None:
         with self._lock:
             self._expire(time.monotonic())
-            return self._items.get(look_id)
+            entry = self._items.get(look_id)
+        if entry is None and self.shared is not None:
+            entry = self.shared.get(look_id)
+            if entry is not None:
+                self._remember(entry)
+        return entry
 
     def __len__(self) -> int:
         with self._lock:
@@ -372,7 +438,14 @@ class AppState:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.looks = LookCache(settings.look_ttl_s, settings.look_cache_size)
+        shared = None
+        if settings.workers > 1:
+            shared = SharedLookStore(
+                settings.data_dir / "looks.sqlite",
+                settings.look_ttl_s,
+                settings.look_cache_size * settings.workers,
+            )
+        self.looks = LookCache(settings.look_ttl_s, settings.look_cache_size, shared)
         self.engine: ShopTheLook | None = None
         self.engine_error: str | None = None
         self.feedback: FeedbackStore | None = None
