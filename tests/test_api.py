@@ -150,7 +150,8 @@ def test_not_ready_without_models(tmp_path: Path) -> None:
 
 def test_look_finds_items_with_masks_and_products(look: dict) -> None:
     assert len(look["id"]) == 32 and len(look["photo_sha256"]) == 64
-    assert (look["width"], look["height"]) == (896, 1200)
+    # Processed at the working size: the 896x1200 photo with its longest side at 800 px.
+    assert (look["width"], look["height"]) == (597, 800)
     categories = [item["category"] for item in look["items"]]
     assert "outerwear" in categories and "pants" in categories, categories
     for item in look["items"]:

@@ -52,7 +52,15 @@ from candidfashion import __version__
 from candidfashion.config import PACKAGE_DIR, Settings
 from candidfashion.feedback import FeedbackError, FeedbackStore
 from candidfashion.imageio import ImageError
-from candidfashion.search import MAX_K, Look, Match, SearchError, SearchFilters, ShopTheLook
+from candidfashion.search import (
+    MAX_K,
+    Look,
+    Match,
+    SearchError,
+    SearchFilters,
+    ShopTheLook,
+    working_image,
+)
 from candidfashion.taxonomy import CLASS_COLOURS, CLASSES, ITEM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -790,7 +798,7 @@ def create_app(settings: Settings) -> FastAPI:
             from candidfashion.imageio import load_image
             from candidfashion.items import render_overlay
 
-            image = load_image(entry.photo, max_pixels=settings.max_image_pixels)
+            image = working_image(load_image(entry.photo, max_pixels=settings.max_image_pixels))
             items = [r.item for r in entry.look.items]
             return _png(render_overlay(image, items, highlight=highlight))
 

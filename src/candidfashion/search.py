@@ -39,6 +39,10 @@ COLOUR_MAX_DELTA_E = 20.0
 OVERFETCH_FACTOR = 20
 OVERFETCH_MIN = 200
 MAX_K = 100
+#: Photos are processed with their longest side at most this many pixels. The parser sees
+#: 384 px anyway; finer masks only cost time (label upsampling and item extraction scale
+#: with the pixel count: 1200 -> 800 px saves about 40% of a look's CPU time).
+WORK_MAX_SIDE = 800
 
 _HEX_RE = re.compile(r"^#?([0-9a-fA-F]{6})$")
 
@@ -229,6 +233,9 @@ class ShopTheLook:
     ) -> Look:
         """Every item in the photo and its ``k`` best products.
 
+        Boxes, masks and ``Look.width/height`` refer to :func:`working_image` of the photo
+        (the same picture, longest side at most :data:`WORK_MAX_SIDE`).
+
         ``filters.category`` keeps only the items of that category; the other filters apply
         to every item's search. Each item searches its own category.
         """
@@ -240,6 +247,11 @@ class ShopTheLook:
 
         timings: dict[str, float] = {}
         start = time.perf_counter()
+        if photo_sha256 is None:
+            from candidfashion.imageio import sha256_bytes
+
+            photo_sha256 = sha256_bytes(np.ascontiguousarray(image_rgb).tobytes())
+        image_rgb = working_image(image_rgb)
         labels, confidence = self.parser.parse_with_confidence(image_rgb)
         t1 = time.perf_counter()
         items = extract_items(image_rgb, labels, confidence)
@@ -260,10 +272,6 @@ class ShopTheLook:
         timings["embed_ms"] = (t3 - t2) * 1000
         timings["search_ms"] = (t4 - t3) * 1000
         timings["total_ms"] = (t4 - start) * 1000
-        if photo_sha256 is None:
-            from candidfashion.imageio import sha256_bytes
-
-            photo_sha256 = sha256_bytes(np.ascontiguousarray(image_rgb).tobytes())
         h, w = image_rgb.shape[:2]
         return Look(
             id=uuid.uuid4().hex,
@@ -377,6 +385,18 @@ class ShopTheLook:
         """Counts from the catalog and the vector store; raises if either is unreachable."""
         with self._store_lock:
             return {"products": int(self.db.count()), "vectors": int(self.index.count())}
+
+
+def working_image(image: np.ndarray, max_side: int = WORK_MAX_SIDE) -> np.ndarray:
+    """The photo as the pipeline processes it: scaled down (area filter) to ``max_side``."""
+    h, w = image.shape[:2]
+    if max(h, w) <= max_side:
+        return image
+    import cv2
+
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def _check_k(k: int) -> int:
