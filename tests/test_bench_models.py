@@ -132,6 +132,7 @@ def test_bad_arguments_are_rejected(latency: ModuleType, tmp_path: Path) -> None
     missing = tmp_path / "parser.onnx"
     assert latency.main(["--parser", str(missing), "--skip-seed", "--skip-u2netp"]) == 2
     assert latency.main(["--runs", "0", "--parser", str(missing)]) == 2
+    assert latency.main(["--runs", "3", "--seed-runs", "4", "--parser", str(missing)]) == 2
 
 
 def test_percentiles_and_round_robin_timing(latency: ModuleType) -> None:
@@ -145,8 +146,9 @@ def test_percentiles_and_round_robin_timing(latency: ModuleType) -> None:
         latency.Case("a", "-", lambda: calls.append("a"), None),
         latency.Case("b", "-", lambda: calls.append("b"), None),
     ]
+    cases[1].max_runs = 1
     rows = latency.time_cases(cases, runs=3, warmup=1)
-    # Warm-up per case, then rounds that alternate between the cases.
-    assert calls == ["a", "b", "a", "b", "a", "b", "a", "b"]
-    assert [r.name for r in rows] == ["a", "b"]
+    # Warm-up per case, then rounds that alternate between the cases; "b" only in round one.
+    assert calls == ["a", "b", "a", "b", "a", "a"]
+    assert [(r.name, r.runs) for r in rows] == [("a", 3), ("b", 1)]
     assert all(np.isfinite(r.p50_ms) and r.p95_ms >= r.p50_ms for r in rows)
