@@ -22,6 +22,7 @@ app = typer.Typer(
     help="Shop the look: find every garment in a photo and search a product catalog for it.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
 )
 catalog_app = typer.Typer(help="Manage the product catalog.", no_args_is_help=True)
 feedback_app = typer.Typer(help="Shopper feedback on matches and outlines.", no_args_is_help=True)
@@ -62,14 +63,17 @@ def main(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
 ) -> None:
-    from candidfashion.log import setup_logging
+    from candidfashion.log import LogConfigError, setup_logging
 
     settings = get_settings()
     if data_dir is not None:
         settings.data_dir = data_dir
     settings.log_json = settings.log_json or log_json
     settings.log_level = log_level
-    setup_logging(level=settings.log_level, json_lines=settings.log_json)
+    try:
+        setup_logging(level=settings.log_level, json_lines=settings.log_json)
+    except LogConfigError as err:
+        raise _fail(str(err), code=2) from err
 
 
 @app.command()
