@@ -133,6 +133,9 @@ def test_milvus_lite_persists_and_checks_dim(tmp_path: Path) -> None:
     ids, vecs, meta = _data(20)
     index = _make("milvus", tmp_path)
     index.upsert(ids, vecs, meta)
+    assert isinstance(index, MilvusIndex)
+    # What a new Milvus Lite process finds on disk: the collection exists but is released.
+    index._client.release_collection(index.collection)
     index.close()
     again = _make("milvus", tmp_path)
     assert again.count() == 20

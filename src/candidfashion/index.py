@@ -791,6 +791,8 @@ class MilvusIndex:
                             f"Milvus collection {collection!r} holds {have}-d vectors but "
                             f"{self.dim}-d were requested"
                         )
+            # A collection from an earlier process starts "released": load it to search.
+            self._client.load_collection(collection)
         else:
             schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
             schema.add_field("id", DataType.VARCHAR, is_primary=True, max_length=512)
