@@ -8,7 +8,6 @@ it. Every export is checked against torch with ONNX Runtime before it is kept.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from candidfashion.parse import file_sha256
 from candidfashion.taxonomy import CLASSES, NUM_CLASSES
 from candidfashion.train.model import (
     INPUT_MEAN,
@@ -42,7 +42,7 @@ NORMALISATION = f"(rgb - {INPUT_MEAN:g}) / {INPUT_STD:g} inside the graph; feed 
 
 #: Embedder defaults, chosen with bench/retrieval_quality.py (see models/embedder.md).
 EMBED_SIZE = 224
-EMBED_POOLING = "gem-head"
+EMBED_POOLING = "gem-head+avg-s5"
 #: Pooling choices: what is pooled and how. ``gem`` is generalised mean pooling (p = 3),
 #: which leans towards the strongest activations; ``avg`` is the plain mean.
 POOLINGS = ("avg-head", "gem-head", "avg-s7", "gem-head+avg-s5", "gem-head+avg-s7+avg-s5")
@@ -51,14 +51,6 @@ GEM_P = 3.0
 
 class ExportError(ValueError):
     """A checkpoint or option that cannot be exported, or an export that does not verify."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gem(x: torch.Tensor, p: float = GEM_P, eps: float = 1e-6) -> torch.Tensor:
@@ -109,6 +101,7 @@ def _atomic_save(model: onnx.ModelProto, out: Path) -> None:
     os.close(fd)
     try:
         onnx.save(model, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a model is meant to be read
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
