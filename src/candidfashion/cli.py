@@ -301,9 +301,10 @@ def export(
     checkpoint: Annotated[
         Path | None, typer.Option(help="Parser checkpoint (.pt) to export.")
     ] = None,
-    out_path: Annotated[Path, typer.Option("--out", help="ONNX file to write.")] = Path(
-        "models/parser.onnx"
-    ),
+    out_path: Annotated[
+        Path | None,
+        typer.Option("--out", help="ONNX file to write (default: models/<kind>.onnx)."),
+    ] = None,
     kind: Annotated[str, typer.Option(help="parser or embedder.")] = "parser",
     encoder: Annotated[str, typer.Option(help="Embedder encoder (lite0/1/2).")] = "lite0",
     register: Annotated[
@@ -315,14 +316,15 @@ def export(
         from candidfashion.train.export import export_embedder, export_parser
     except ImportError as err:
         raise _fail(f"export needs the [train] extra: {err}") from err
+    if kind not in ("parser", "embedder"):
+        raise _fail("--kind must be parser or embedder")
+    out_path = out_path or Path("models") / f"{kind}.onnx"
     if kind == "parser":
         if checkpoint is None:
             raise _fail("--checkpoint is required for the parser")
         path = export_parser(checkpoint, out_path, register_as=register)
-    elif kind == "embedder":
-        path = export_embedder(encoder, out_path)
     else:
-        raise _fail("--kind must be parser or embedder")
+        path = export_embedder(encoder, out_path)
     out.print(f"wrote {path}")
 
 
