@@ -1,0 +1,127 @@
+"""Parser training: a real (tiny) run on a CCP-format folder, killed mid-way and resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from builders import CCP_LABELS, write_ccp
+
+torch = pytest.importorskip("torch")
+mlflow = pytest.importorskip("mlflow")
+
+from candidfashion.train.loop import dice_loss, metrics_from_confusion  # noqa: E402
+
+pytestmark = pytest.mark.slow
+W, H = 64, 96
+
+
+def _photos(n: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Synthetic 'people': a red top over blue pants on grey, with some jitter."""
+    fine = {name: i for i, name in enumerate(CCP_LABELS)}
+    rng = np.random.default_rng(0)
+    photos = {}
+    for i in range(n):
+        rgb = np.full((H, W, 3), 128, np.uint8)
+        gt = np.full((H, W), fine["null"], np.uint8)
+        x0 = int(rng.integers(8, 24))
+        rgb[16:48, x0 : x0 + 24] = (200, 30, 30)
+        gt[16:48, x0 : x0 + 24] = fine["t-shirt"]
+        rgb[48:88, x0 : x0 + 24] = (30, 30, 200)
+        gt[48:88, x0 : x0 + 24] = fine["jeans"]
+        photos[f"{i + 1:04d}"] = (rgb, gt)
+    return photos
+
+
+def _train_cmd(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "candidfashion.cli", "train",
+        "--data", f"ccp:{data}", "--out", str(out), "--epochs", str(epochs),
+        "--batch-size", "2", "--size", f"{W}x{H}", "--input-size", f"{W}x{H}",
+        "--val-ids", str(data / "val.txt"), *extra,
+    ]  # fmt: skip
+
+
+def test_dice_loss_is_zero_for_a_perfect_prediction() -> None:
+    target = torch.tensor([[[0, 3], [3, 255]]])
+    perfect = torch.nn.functional.one_hot(target.clamp(max=13), 14).permute(0, 3, 1, 2) * 50.0
+    assert dice_loss(perfect.float(), target) < 1e-3
+    assert dice_loss(-perfect.float(), target) > 0.5
+
+
+def test_metrics_from_confusion_counts_only_present_garments() -> None:
+    cm = np.zeros((14, 14), dtype=np.int64)
+    cm[0, 0], cm[3, 3], cm[3, 0] = 90, 5, 5
+    metrics = metrics_from_confusion(cm)
+    assert metrics["garment_miou"] == pytest.approx(0.5)
+    assert set(metrics["per_class_iou"]) == {"background", "top"}
+
+
+def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
+    data = write_ccp(tmp_path / "ccp", _photos(12))
+    (data / "val.txt").write_text("0011\n0012\n")
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "CANDIDFASHION_TRAIN_THREADS": "1",
+        "CANDIDFASHION_DATA_DIR": str(tmp_path / "data"),
+    }
+    uri = env["MLFLOW_TRACKING_URI"]
+    epochs = 6
+    proc = subprocess.Popen(
+        _train_cmd(data, out, epochs, "--mlflow-uri", uri),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 600
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    killed_while_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    first_output = proc.communicate()[0].decode()
+    assert (out / "last.pt").exists(), first_output
+    if not killed_while_running:
+        pytest.skip("the run finished before it could be killed; nothing to resume")
+
+    resumed = subprocess.run(
+        _train_cmd(data, out, epochs, "--mlflow-uri", uri, "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    log = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, log
+    assert "resumed from epoch" in log
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == epochs - 1
+    # The model learned the two colours: the toy problem is easy.
+    assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
+
+    # One MLflow run, with exactly one value per epoch despite the kill.
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("candidfashion-parser")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    history = client.get_metric_history(runs[0].info.run_id, "val_garment_miou")
+    assert sorted(m.step for m in history) == list(range(1, epochs + 1))
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert "confusion.png" in artifacts
+
+    # The exported parser runs in ONNX Runtime and finds the top.
+    from candidfashion.parse import Parser
+
+    parser = Parser(str(out / "parser.onnx"))
+    rgb, _ = _photos(1)["0001"]
+    labels = parser.parse(rgb)
+    assert labels.shape == (H, W)
+    assert (labels[24:40, 24:32] == 3).mean() > 0.8  # taxonomy id 3 = top
