@@ -293,9 +293,11 @@ def parser_stage_cases(parser: object, photo: np.ndarray, label: str) -> list[Ca
         c, _ = parse_mod.letterbox(photo, size)
         return c.transpose(2, 0, 1)[None].astype(np.float32)
 
+    cropped = np.ascontiguousarray(logits[0, :, : box.height, : box.width])
+
     def post() -> object:
-        scores = parse_mod.logits_to_photo(logits[0], box, photo.shape[:2])
-        return scores.argmax(axis=2).astype(np.uint8)
+        planes = parse_mod.planes_to_photo(cropped, photo.shape[:2])
+        return parse_mod.argmax_planes(planes)
 
     w, h = photo.shape[1], photo.shape[0]
     return [

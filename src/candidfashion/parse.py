@@ -118,13 +118,22 @@ def letterbox(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Let
     return canvas, Letterbox(scale, nw, nh)
 
 
-def logits_to_photo(logits: np.ndarray, box: Letterbox, shape: tuple[int, int]) -> np.ndarray:
-    """Crop the letterboxed (C, H, W) logits and resize them to the photo's (h, w)."""
-    crop = np.ascontiguousarray(logits[:, : box.height, : box.width].transpose(1, 2, 0))
+def planes_to_photo(planes: np.ndarray, shape: tuple[int, int]) -> list[np.ndarray]:
+    """Resize each (H, W) plane of a (C, H, W) array to the photo's (h, w), bilinearly."""
     h, w = shape
-    # cv2.resize handles at most 512 channels; the parser has 14.
-    out = cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
-    return out if out.ndim == 3 else out[..., None]
+    return [cv2.resize(plane, (w, h), interpolation=cv2.INTER_LINEAR) for plane in planes]
+
+
+def argmax_planes(planes: list[np.ndarray]) -> np.ndarray:
+    """Index of the largest plane per pixel; a running max over contiguous planes is several
+    times faster than ``argmax`` over the last axis of an (H, W, C) array."""
+    best = planes[0].copy()
+    labels = np.zeros(best.shape, dtype=np.uint8)
+    for c, plane in enumerate(planes[1:], start=1):
+        better = plane > best
+        labels[better] = c
+        np.maximum(best, plane, out=best)
+    return labels
 
 
 class Parser:
@@ -162,22 +171,29 @@ class Parser:
             settings.parser_model, threads=settings.threads, cache_dir=settings.data_dir / "models"
         )
 
-    def logits(self, image: np.ndarray) -> np.ndarray:
-        """Class scores (H, W, C) at the photo's resolution."""
+    def model_logits(self, image: np.ndarray) -> np.ndarray:
+        """Class scores (C, h, w) at model resolution, cropped to where the photo sits."""
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError("parser input must be an HxWx3 uint8 RGB array")
         canvas, box = letterbox(image, self.input_size)
         batch = canvas.transpose(2, 0, 1)[None].astype(np.float32)
         (out,) = self.session.run(None, {self.input_name: batch})
-        return logits_to_photo(out[0], box, image.shape[:2])
+        return np.ascontiguousarray(out[0, :, : box.height, : box.width])
 
     def parse_with_confidence(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        scores = self.logits(image)
-        labels = scores.argmax(axis=2).astype(np.uint8)
-        top = np.take_along_axis(scores, labels[..., None].astype(np.intp), axis=2)[..., 0]
-        # Softmax probability of the winning class, without materialising all probabilities twice.
-        confidence = 1.0 / np.exp(scores - top[..., None]).sum(axis=2)
-        return labels, confidence.astype(np.float32)
+        """Labels and the winning class's softmax probability, both at photo resolution.
+
+        Labels come from logits upsampled to the photo (crisp edges); confidence is computed
+        at model resolution and then resized, since it is only averaged over items.
+        """
+        logits = self.model_logits(image)
+        labels = argmax_planes(planes_to_photo(logits, image.shape[:2]))
+        shifted = np.exp(logits - logits.max(axis=0, keepdims=True))
+        small = (1.0 / shifted.sum(axis=0)).astype(np.float32)
+        h, w = image.shape[:2]
+        confidence = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+        return labels, confidence
 
     def parse(self, image: np.ndarray) -> np.ndarray:
-        return self.logits(image).argmax(axis=2).astype(np.uint8)
+        """Taxonomy ids (H, W) uint8 at the photo's resolution."""
+        return argmax_planes(planes_to_photo(self.model_logits(image), image.shape[:2]))
