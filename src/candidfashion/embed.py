@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from candidfashion.imageio import composite_on_white
-from candidfashion.parse import ModelSourceError, file_sha256, make_session, resolve_model_source
+from candidfashion.parse import ModelSourceError, open_model
 
 if TYPE_CHECKING:
     from candidfashion.config import Settings
@@ -136,15 +136,14 @@ class Embedder:
     """Visual embedding model loaded once and shared; ONNX Runtime sessions are thread-safe."""
 
     def __init__(self, source: str, threads: int = 2, cache_dir: Path | None = None):
-        cache = cache_dir or Path.home() / ".cache" / "candidfashion"
         self.source = source
-        self.path = resolve_model_source(source, cache)
-        self.sha256 = file_sha256(self.path)
-        self.session = make_session(self.path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        kind = meta.get("candidfashion.kind", "embedder")
-        if kind != "embedder":
-            raise ModelSourceError(f"{source} is a {kind} model, not an embedder")
+        model = open_model(source, "embedder", threads, cache_dir)
+        self.path, self.sha256, self.session, meta = (
+            model.path,
+            model.sha256,
+            model.session,
+            model.meta,
+        )
         inp, outputs = self.session.get_inputs()[0], self.session.get_outputs()
         if "candidfashion.input_size" in meta:
             w, h = (int(v) for v in meta["candidfashion.input_size"].split("x"))

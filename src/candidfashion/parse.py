@@ -98,6 +98,29 @@ def make_session(path: Path, threads: int) -> ort.InferenceSession:
 
 
 @dataclass(frozen=True)
+class LoadedModel:
+    """An ONNX model resolved, hashed and opened, with its CandidFashion metadata."""
+
+    path: Path
+    sha256: str
+    session: ort.InferenceSession
+    meta: dict[str, str]
+
+
+def open_model(source: str, kind: str, threads: int, cache_dir: Path | None) -> LoadedModel:
+    """Resolve, hash and open a model; refuse one whose metadata names another ``kind``."""
+    cache = cache_dir or Path.home() / ".cache" / "candidfashion"
+    path = resolve_model_source(source, cache)
+    session = make_session(path, threads)
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    found = meta.get("candidfashion.kind", kind)
+    if found != kind:
+        article = "an" if kind[0] in "aeiou" else "a"
+        raise ModelSourceError(f"{source} is a {found} model, not {article} {kind}")
+    return LoadedModel(path, file_sha256(path), session, meta)
+
+
+@dataclass(frozen=True)
 class Letterbox:
     """Where a photo sits inside the model's input after an aspect-preserving resize."""
 
@@ -140,16 +163,14 @@ class Parser:
     """Garment parser loaded once and shared; safe to call from several threads."""
 
     def __init__(self, source: str, threads: int = 2, cache_dir: Path | None = None):
-        cache = cache_dir or Path.home() / ".cache" / "candidfashion"
         self.source = source
-        self.path = resolve_model_source(source, cache)
-        self.sha256 = file_sha256(self.path)
-        self.session = make_session(self.path, threads)
-        meta = self.session.get_modelmeta().custom_metadata_map
-        if meta.get("candidfashion.kind", "parser") != "parser":
-            raise ModelSourceError(
-                f"{source} is a {meta['candidfashion.kind']} model, not a parser"
-            )
+        model = open_model(source, "parser", threads, cache_dir)
+        self.path, self.sha256, self.session, meta = (
+            model.path,
+            model.sha256,
+            model.session,
+            model.meta,
+        )
         classes = json.loads(meta.get("candidfashion.classes", json.dumps(list(CLASSES))))
         if list(classes) != list(CLASSES):
             raise ModelSourceError(f"{source} predicts {classes}, not this taxonomy")
