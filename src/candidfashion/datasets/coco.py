@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from candidfashion.datasets.ccp import DatasetError
+from candidfashion.datasets.common import load_photo_for, paint_largest_first
 from candidfashion.datasets.imaterialist import IGNORE, DownloadError, extract_archive
 from candidfashion.taxonomy import FASHIONPEDIA_TO_CLASS, lookup_table
 
@@ -164,24 +165,12 @@ class CocoDataset:
             )
             for a in self._anns.get(image_id, [])
         ]
-        decoded.sort(key=lambda item: -int(item[1].sum()))  # largest first, smaller on top
-        out = np.full((height, width), self.unlabelled, np.uint8)
-        for cls, m in decoded:
-            out[m] = cls
-        return out
+        return paint_largest_first(decoded, height, width, self.unlabelled)
 
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """RGB photo and taxonomy mask (255 = ignore), both at the photo's resolution."""
-        from candidfashion.imageio import load_image
-
         mask = self.mask(image_id)
-        image = load_image(self.photo_path(image_id))
-        if image.shape[:2] != mask.shape:
-            raise DatasetError(
-                f"{image_id}: annotation is {mask.shape[1]}x{mask.shape[0]} but the photo "
-                f"{self.photo_path(image_id).name} is {image.shape[1]}x{image.shape[0]}"
-            )
-        return image, mask
+        return load_photo_for(image_id, self.photo_path(image_id), mask), mask
 
 
 def _natural(text: str) -> tuple[int, int | str]:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from candidfashion.datasets.ccp import DatasetError
+from candidfashion.datasets.common import load_photo_for, paint_largest_first
 from candidfashion.taxonomy import FASHIONPEDIA_TO_CLASS, lookup_table
 
 COMPETITION = "imaterialist-fashion-2020-fgvc7"
@@ -224,25 +225,12 @@ class IMaterialistDataset:
             raise DatasetError(f"{image_id}: rows disagree on the image size: {sorted(sizes)}")
         height, width = sizes.pop()
         decoded = [(cls, rle_decode(rle, height, width)) for cls, rle, _, _ in anns]
-        # Largest first: smaller objects on top keep their pixels.
-        decoded.sort(key=lambda item: -int(item[1].sum()))
-        out = np.full((height, width), self.unlabelled, np.uint8)
-        for cls, m in decoded:
-            out[m] = cls
-        return out
+        return paint_largest_first(decoded, height, width, self.unlabelled)
 
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """RGB photo and taxonomy mask (255 = ignore), both at the photo's resolution."""
-        from candidfashion.imageio import load_image
-
         mask = self.mask(image_id)
-        image = load_image(self.photo_path(image_id))
-        if image.shape[:2] != mask.shape:
-            raise DatasetError(
-                f"{image_id}: annotation is {mask.shape[1]}x{mask.shape[0]} but the photo is "
-                f"{image.shape[1]}x{image.shape[0]}"
-            )
-        return image, mask
+        return load_photo_for(image_id, self.photo_path(image_id), mask), mask
 
 
 def extract_archive(archive: Path, dest: Path) -> None:
