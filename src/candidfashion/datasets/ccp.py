@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
+from candidfashion.datasets.common import DatasetError, load_photo_for
 from candidfashion.taxonomy import CCP_TO_CLASS, lookup_table
 
-
-class DatasetError(ValueError):
-    """A data set folder is missing files or has an unexpected format."""
+__all__ = ["CCPDataset", "DatasetError"]
 
 
 def _loadmat(path: Path) -> dict:
@@ -78,12 +77,5 @@ class CCPDataset:
 
     def load(self, image_id: str) -> tuple[np.ndarray, np.ndarray]:
         """RGB photo and taxonomy mask (255 = ignore), both at the photo's resolution."""
-        from candidfashion.imageio import load_image
-
-        image = load_image(self.photo_path(image_id))
         mask = self._table[self.fine_mask(image_id)]
-        if mask.shape != image.shape[:2]:
-            raise DatasetError(
-                f"{image_id}: annotation {mask.shape} does not match photo {image.shape[:2]}"
-            )
-        return image, mask
+        return load_photo_for(image_id, self.photo_path(image_id), mask), mask

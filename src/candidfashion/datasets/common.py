@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from candidfashion.datasets.ccp import DatasetError
+
+class DatasetError(ValueError):
+    """A data set folder is missing files or has an unexpected format."""
 
 
 def paint_largest_first(
