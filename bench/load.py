@@ -135,6 +135,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads per model.")
     ap.add_argument("--url", help="Use this running server instead of starting one.")
     ap.add_argument("--json", type=Path, help="Also write the results here.")
+    ap.add_argument("--sample-every", type=float, default=5.0, help="Seconds between RSS samples.")
     args = ap.parse_args()
 
     photos = [p.read_bytes() for p in demo_photos()]
@@ -165,7 +166,21 @@ def main() -> int:
                 timeout=120,
             ).raise_for_status()
             rss_before = rss_bytes(proc.pid) if proc else 0
+            # Sample memory through the run: "stable" means it levels off once the
+            # look cache is full, which one before/after pair cannot show.
+            timeline: list[tuple[float, int]] = []
+            stop = threading.Event()
+
+            def sample_rss() -> None:
+                start = time.perf_counter()
+                while proc is not None and not stop.wait(args.sample_every):
+                    timeline.append((time.perf_counter() - start, rss_bytes(proc.pid)))
+
+            sampler = threading.Thread(target=sample_rss, daemon=True)
+            sampler.start()
             result = run_clients(url, photos, args.clients, args.duration)
+            stop.set()
+            sampler.join()
             rss_after = rss_bytes(proc.pid) if proc else 0
         finally:
             if proc is not None:
@@ -178,7 +193,11 @@ def main() -> int:
     result["server_rss_mb"] = {
         "before": round(rss_before / 2**20, 1),
         "after": round(rss_after / 2**20, 1),
+        "timeline": [[round(t, 1), round(b / 2**20, 1)] for t, b in timeline],
     }
+    if len(timeline) >= 4:
+        half = [b for t, b in timeline if t >= args.duration / 2]
+        result["server_rss_mb"]["growth_second_half"] = round((max(half) - half[0]) / 2**20, 1)
     lat = result["latency_s"]
     print(
         f"{result['clients']} clients, {result['duration_s']} s: {result['ok']} ok, "
@@ -189,6 +208,13 @@ def main() -> int:
         f"server RSS {result['server_rss_mb']['before']} MB before, "
         f"{result['server_rss_mb']['after']} MB after"
     )
+    if timeline:
+        marks = "  ".join(
+            f"{t:.0f}s {b / 2**20:.0f}" for t, b in timeline[:: max(1, len(timeline) // 8)]
+        )
+        print(f"server RSS (MB) over the run: {marks}")
+    if "growth_second_half" in result["server_rss_mb"]:
+        print(f"RSS growth in the second half: {result['server_rss_mb']['growth_second_half']} MB")
     for sample in result["error_samples"]:
         print("  error:", sample)
     if args.json:

@@ -20,7 +20,7 @@ from candidfashion.train.export import (  # noqa: E402
     file_sha256,
     register_model,
 )
-from candidfashion.train.model import ParserNet  # noqa: E402
+from candidfashion.train.model import ParserNet, load_parser_state  # noqa: E402
 
 W, H = 64, 96
 
@@ -157,3 +157,30 @@ def test_embedder_export_rejects_bad_options(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="unknown pooling"):
         export_embedder("lite0", tmp_path / "e.onnx", input_size=64, pooling="max-everything")
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_checkpoints_without_the_context_branch_load_and_compute_the_same():
+    torch.manual_seed(0)
+    trained = ParserNet("lite0", pretrained=False).eval()
+    old_state = {k: v for k, v in trained.state_dict().items() if not k.startswith("context.")}
+    loaded = ParserNet("lite0", pretrained=False).eval()
+    with torch.no_grad():
+        loaded.context.bias.fill_(0.5)  # a trained branch, which old weights leave as it is
+    fresh = ParserNet("lite0", pretrained=False).eval()
+    load_parser_state(fresh, old_state)
+    x = torch.rand(1, 3, H, W) * 255
+    with torch.no_grad():
+        assert torch.equal(fresh(x), trained(x))  # zero-initialised branch = the old network
+        load_parser_state(loaded, old_state)
+        assert not torch.equal(loaded(x), trained(x))  # the branch is really in the graph
+
+
+def test_checkpoints_that_do_not_fit_are_refused():
+    model = ParserNet("lite0", pretrained=False)
+    state = model.state_dict()
+    state["surprise.weight"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="unexpected"):
+        load_parser_state(model, state)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    with pytest.raises(RuntimeError, match="missing"):
+        load_parser_state(model, state)

@@ -72,13 +72,16 @@ def trim_uniform_border(rgb: np.ndarray, whiten: bool = True) -> np.ndarray:
     background = np.median(frame, axis=0)
     if (np.abs(frame - background).max(axis=1) <= BORDER_TOLERANCE).mean() < UNIFORM_SHARE:
         return rgb
-    is_bg = (
-        np.abs(rgb.astype(np.int16) - background.astype(np.int16)).max(axis=2) <= BORDER_TOLERANCE
-    )
-    foreground = ~is_bg
+    # cv2.inRange is one pass in C; the same test in NumPy was most of ingest's CPU time.
+    bg = background.astype(np.int16)
+    lower = np.clip(bg - BORDER_TOLERANCE, 0, 255).astype(np.uint8)
+    upper = np.clip(bg + BORDER_TOLERANCE, 0, 255).astype(np.uint8)
+    is_bg = cv2.inRange(np.ascontiguousarray(rgb), lower, upper)  # 255 = background
     # A row or column is content when more than a sliver of it differs (JPEG noise doesn't).
-    rows = np.flatnonzero(foreground.sum(axis=1) > max(2, 0.005 * w))
-    cols = np.flatnonzero(foreground.sum(axis=0) > max(2, 0.005 * h))
+    bg_per_row = cv2.reduce(is_bg, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel() // 255
+    bg_per_col = cv2.reduce(is_bg, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel() // 255
+    rows = np.flatnonzero(w - bg_per_row > max(2, 0.005 * w))
+    cols = np.flatnonzero(h - bg_per_col > max(2, 0.005 * h))
     if len(rows) == 0 or len(cols) == 0:
         return rgb
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
@@ -87,11 +90,15 @@ def trim_uniform_border(rgb: np.ndarray, whiten: bool = True) -> np.ndarray:
     if whiten:
         # Background regions that touch the frame; enclosed ones (inside a handle, or a
         # garment that happens to match the backdrop) stay as they are.
-        _, regions = cv2.connectedComponents(is_bg.view(np.uint8), connectivity=4)
-        edge = np.unique(np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]]))
-        outside = np.isin(regions, edge[edge > 0])
+        count, regions = cv2.connectedComponents(is_bg, connectivity=4)
+        touches_frame = np.zeros(count, dtype=bool)
+        touches_frame[regions[0]] = touches_frame[regions[-1]] = True
+        touches_frame[regions[:, 0]] = touches_frame[regions[:, -1]] = True
+        touches_frame[0] = False  # label 0 is the foreground
+        outside = touches_frame.view(np.uint8)[regions]
         rgb = rgb.copy()
-        rgb[outside] = 255
+        # Masked OR in OpenCV: boolean-mask assignment over 3 channels costs ten times more.
+        cv2.bitwise_or(rgb, (255, 255, 255, 0), dst=rgb, mask=outside)
     margin = round(TRIM_MARGIN * max(y1 - y0, x1 - x0))
     return rgb[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin]
 

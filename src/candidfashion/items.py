@@ -246,9 +246,15 @@ def extract_items(
         mask = label_map == CLASS_ID[category]
         if mask.sum() < min_area:
             continue
-        groups = _group(mask, min_area, category)
+        # Group inside the class's bounding box: connected components and distance
+        # transforms then cost the class's area, not the photo's.
+        bx, by, bw, bh = cv2.boundingRect(mask.view(np.uint8))
+        groups = _group(mask[by : by + bh, bx : bx + bw], min_area, category)
         groups.sort(key=lambda m: -int(m.sum()))
-        found.extend((category, m) for m in groups)
+        for m in groups:
+            full = np.zeros_like(mask)
+            full[by : by + bh, bx : bx + bw] = m
+            found.append((category, full))
 
     items = []
     for index, (category, full_mask) in enumerate(found):

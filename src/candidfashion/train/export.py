@@ -31,6 +31,7 @@ from candidfashion.train.model import (
     VARIANTS,
     EfficientNetLite,
     ParserNet,
+    load_parser_state,
     load_pretrained,
     pretrained_weights_path,
 )
@@ -192,7 +193,7 @@ def export_parser(checkpoint: Path, out: Path, register_as: str | None = None) -
     width, height = (int(v) for v in ckpt["input_size"])
     model = ParserNet(ckpt["encoder"], num_classes=NUM_CLASSES, pretrained=False)
     try:
-        model.load_state_dict(ckpt["model"], strict=True)
+        load_parser_state(model, ckpt["model"])
     except RuntimeError as err:
         raise ExportError(f"{checkpoint}: weights do not fit ParserNet: {err}") from err
     model.eval()

@@ -26,7 +26,7 @@ from candidfashion.train.data import (
     preload,
     train_augmentation,
 )
-from candidfashion.train.model import ParserNet
+from candidfashion.train.model import ParserNet, load_parser_state
 
 log = logging.getLogger(__name__)
 console = Console(stderr=True)
@@ -203,7 +203,7 @@ def run_training(cfg: TrainConfig) -> Path:
             raise ValueError(
                 f"{cfg.init_from} has encoder {init.get('encoder')}, not {cfg.encoder}"
             )
-        model.load_state_dict(init["model"])
+        load_parser_state(model, init["model"])
         console.print(f"initialised from {cfg.init_from} (epoch {init.get('epoch', -1) + 1})")
     # The TF ports' BN momentum (0.01) adapts too slowly to new data when fine-tuning.
     for module in model.modules():
@@ -227,7 +227,7 @@ def run_training(cfg: TrainConfig) -> Path:
     start_epoch, best_miou, run_id = 0, -1.0, None
     if cfg.resume and last_path.exists():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
+        load_parser_state(model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
@@ -328,7 +328,7 @@ def run_training(cfg: TrainConfig) -> Path:
                 last_path,
             )
         best = torch.load(best_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(best["model"])
+        load_parser_state(model, best["model"])
         cm = validate(model, val_images, val_masks, cfg.input_size)
         png = cfg.out_dir / "confusion.png"
         save_confusion_png(cm, png)

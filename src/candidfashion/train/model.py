@@ -198,6 +198,11 @@ class ParserNet(nn.Module):
     Top-down FPN over strides 32..4, each level smoothed by one 3x3 conv, upsampled to
     stride 4 and summed (a sum instead of a concat keeps the stride-4 conv at 64 channels),
     one 3x3 conv, a 1x1 classifier, then bilinear upsampling to the input size.
+
+    A global-context branch (the stride-32 features averaged over the image, 1x1 conv) is
+    added to the top level: telling a dress from a skirt or shorts from pants depends on the
+    whole figure, not on a local window. It is zero-initialised, so weights trained without
+    it load unchanged (see :func:`load_parser_state`).
     """
 
     def __init__(
@@ -214,6 +219,9 @@ class ParserNet(nn.Module):
         del self.encoder._conv_head, self.encoder._bn1, self.encoder._fc
         chans = self.encoder.feature_channels()
         self.laterals = nn.ModuleList(nn.Conv2d(c, fpn_channels, 1) for c in chans)
+        self.context = nn.Conv2d(chans[-1], fpn_channels, 1)
+        nn.init.zeros_(self.context.weight)
+        nn.init.zeros_(self.context.bias)
         self.smooth = nn.ModuleList(ConvBNReLU(fpn_channels, fpn_channels) for _ in chans)
         self.head = ConvBNReLU(fpn_channels, fpn_channels)
         self.classifier = nn.Conv2d(fpn_channels, num_classes, 1)
@@ -222,7 +230,7 @@ class ParserNet(nn.Module):
         """``image``: float RGB 0..255, NCHW, H and W multiples of 32. Returns NCHW logits."""
         x = (image - INPUT_MEAN) / INPUT_STD
         feats = self.encoder.features(x)
-        top = self.laterals[-1](feats[-1])
+        top = self.laterals[-1](feats[-1]) + self.context(feats[-1].mean(dim=(2, 3), keepdim=True))
         size = feats[0].shape[-2:]
         merged = F.interpolate(
             self.smooth[-1](top), size=size, mode="bilinear", align_corners=False
@@ -239,3 +247,14 @@ class ParserNet(nn.Module):
             )
         logits = self.classifier(self.head(merged))
         return F.interpolate(logits, size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def load_parser_state(model: ParserNet, state: dict[str, torch.Tensor]) -> None:
+    """Load ParserNet weights strictly, except that checkpoints made before the
+    global-context branch existed may lack it (it stays zero, which is the old function)."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("context.")]
+    if missing or unexpected:
+        raise RuntimeError(
+            f"checkpoint does not fit ParserNet: missing {missing}, unexpected {unexpected}"
+        )
