@@ -97,8 +97,8 @@ def trim_uniform_border(rgb: np.ndarray, whiten: bool = True) -> np.ndarray:
         touches_frame[0] = False  # label 0 is the foreground
         outside = touches_frame.view(np.uint8)[regions]
         rgb = rgb.copy()
-        # Masked OR in OpenCV: boolean-mask assignment over 3 channels costs ten times more.
-        cv2.bitwise_or(rgb, (255, 255, 255, 0), dst=rgb, mask=outside)
+        # A masked copy in OpenCV: boolean-mask assignment over 3 channels costs ten times more.
+        cv2.copyTo(np.full_like(rgb, 255), outside, rgb)
     margin = round(TRIM_MARGIN * max(y1 - y0, x1 - x0))
     return rgb[max(0, y0 - margin) : y1 + margin, max(0, x0 - margin) : x1 + margin]
 

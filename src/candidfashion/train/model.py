@@ -220,8 +220,8 @@ class ParserNet(nn.Module):
         chans = self.encoder.feature_channels()
         self.laterals = nn.ModuleList(nn.Conv2d(c, fpn_channels, 1) for c in chans)
         self.context = nn.Conv2d(chans[-1], fpn_channels, 1)
-        nn.init.zeros_(self.context.weight)
-        nn.init.zeros_(self.context.bias)
+        for param in self.context.parameters():
+            nn.init.zeros_(param)
         self.smooth = nn.ModuleList(ConvBNReLU(fpn_channels, fpn_channels) for _ in chans)
         self.head = ConvBNReLU(fpn_channels, fpn_channels)
         self.classifier = nn.Conv2d(fpn_channels, num_classes, 1)
