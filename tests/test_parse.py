@@ -72,6 +72,34 @@ def test_parse_returns_labels_at_photo_resolution(colour_model: Path, shape) -> 
     np.testing.assert_array_equal(parser.parse(two_tone(h, w)), labels)
 
 
+class RampParser(torch.nn.Module):
+    """Left-right asymmetric: 'top' wins on the right side of the canvas, background elsewhere."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(0.0, 1.0, image.shape[-1]).expand(image.shape[0], 1, *image.shape[2:])
+        logits = torch.zeros(image.shape[0], NUM_CLASSES, *image.shape[2:])
+        logits[:, CLASS_ID["background"] : CLASS_ID["background"] + 1] = 1.0
+        logits[:, CLASS_ID["top"] : CLASS_ID["top"] + 1] = 10.0 * ramp - 5.0
+        return logits
+
+
+def test_flip_averages_with_the_mirrored_photo(colour_model: Path, tmp_path: Path) -> None:
+    ramp_model = export_tiny(RampParser(), tmp_path / "ramp.onnx")
+    photo = np.full((2 * INPUT_H, 2 * INPUT_W, 3), 128, dtype=np.uint8)  # fills the canvas
+    plain = Parser(str(ramp_model), threads=1).parse(photo)
+    assert (plain[:, -INPUT_W // 2 :] == CLASS_ID["top"]).all()
+    assert (plain[:, : INPUT_W // 2] == CLASS_ID["background"]).all()
+    # Averaged with its mirror image the ramp cancels out: 'top' scores 0 < 1 everywhere.
+    flipped = Parser(str(ramp_model), threads=1, flip=True).parse(photo)
+    assert (flipped == CLASS_ID["background"]).all()
+    # A mirror-symmetric model gives the same labels either way.
+    image = two_tone(300, 200)
+    np.testing.assert_array_equal(
+        Parser(str(colour_model), threads=1, flip=True).parse(image),
+        Parser(str(colour_model), threads=1).parse(image),
+    )
+
+
 def test_parser_reads_size_and_hash(colour_model: Path) -> None:
     parser = Parser(str(colour_model))
     assert parser.input_size == (INPUT_W, INPUT_H)

@@ -284,11 +284,20 @@ def evaluate(
     ids: Annotated[Path | None, typer.Option(help="File of photo ids (default: all).")] = None,
     model: Annotated[str | None, typer.Option(help="Parser model source.")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write metrics here.")] = None,
+    flip: Annotated[
+        bool | None,
+        typer.Option(
+            "--flip/--no-flip",
+            help="Average with the mirrored photo (default: the parser_flip setting).",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate an exported ONNX parser on a labelled folder; per-class IoU and garment mIoU."""
     from candidfashion.evaluate import evaluate_parser, print_report
 
     settings = _settings()
+    if flip is not None:
+        settings = settings.model_copy(update={"parser_flip": flip})
     report = evaluate_parser(data, model or settings.parser_model, ids_file=ids, settings=settings)
     print_report(report, out)
     if json_out:

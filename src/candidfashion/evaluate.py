@@ -137,7 +137,12 @@ def evaluate_parser(
     dataset = open_dataset(data, ids=ids)
     if len(dataset) == 0:
         raise EvaluationError(f"{data} has no labelled images to evaluate")
-    parser = Parser(model_source, threads=settings.threads, cache_dir=settings.data_dir / "models")
+    parser = Parser(
+        model_source,
+        threads=settings.threads,
+        cache_dir=settings.data_dir / "models",
+        flip=settings.parser_flip,
+    )
 
     confusion = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     skipped: list[dict[str, str]] = []
@@ -163,6 +168,7 @@ def evaluate_parser(
         "data": data,
         "model": model_source,
         "model_sha256": parser.sha256,
+        "flip": parser.flip,
         "input_size": list(parser.input_size),
         "ids_file": str(ids_file) if ids_file else None,
         "num_images": evaluated,

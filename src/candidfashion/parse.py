@@ -162,8 +162,16 @@ def argmax_planes(planes: list[np.ndarray]) -> np.ndarray:
 class Parser:
     """Garment parser loaded once and shared; safe to call from several threads."""
 
-    def __init__(self, source: str, threads: int = 2, cache_dir: Path | None = None):
+    def __init__(
+        self,
+        source: str,
+        threads: int = 2,
+        cache_dir: Path | None = None,
+        *,
+        flip: bool = False,
+    ):
         self.source = source
+        self.flip = flip
         model = open_model(source, "parser", threads, cache_dir)
         self.path, self.sha256, self.session, meta = (
             model.path,
@@ -189,7 +197,10 @@ class Parser:
     @classmethod
     def from_settings(cls, settings: Settings) -> Parser:
         return cls(
-            settings.parser_model, threads=settings.threads, cache_dir=settings.data_dir / "models"
+            settings.parser_model,
+            threads=settings.threads,
+            cache_dir=settings.data_dir / "models",
+            flip=settings.parser_flip,
         )
 
     def model_logits(self, image: np.ndarray) -> np.ndarray:
@@ -198,8 +209,12 @@ class Parser:
             raise ValueError("parser input must be an HxWx3 uint8 RGB array")
         canvas, box = letterbox(image, self.input_size)
         batch = canvas.transpose(2, 0, 1)[None].astype(np.float32)
+        if self.flip:
+            # The mirrored canvas rides in the same call (the batch axis is dynamic).
+            batch = np.concatenate([batch, batch[..., ::-1]])
         (out,) = self.session.run(None, {self.input_name: batch})
-        return np.ascontiguousarray(out[0, :, : box.height, : box.width])
+        scores = out[0] if not self.flip else (out[0] + out[1][..., ::-1]) / 2
+        return np.ascontiguousarray(scores[:, : box.height, : box.width])
 
     def parse_with_confidence(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Labels and the winning class's softmax probability, both at photo resolution.
