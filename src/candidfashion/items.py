@@ -241,7 +241,8 @@ def extract_items(
         raise ItemError(f"min_area_frac must be in [0, 1), got {min_area_frac}")
     h, w = label_map.shape
     min_area = max(1.0, min_area_frac * h * w)
-    found: list[tuple[str, np.ndarray]] = []
+    # (category, item mask inside its class's bounding box, that box's x0, y0)
+    found: list[tuple[str, np.ndarray, int, int]] = []
     for category in ITEM_CLASSES:
         mask = label_map == CLASS_ID[category]
         if mask.sum() < min_area:
@@ -251,16 +252,14 @@ def extract_items(
         bx, by, bw, bh = cv2.boundingRect(mask.view(np.uint8))
         groups = _group(mask[by : by + bh, bx : bx + bw], min_area, category)
         groups.sort(key=lambda m: -int(m.sum()))
-        for m in groups:
-            full = np.zeros_like(mask)
-            full[by : by + bh, bx : bx + bw] = m
-            found.append((category, full))
+        found.extend((category, m, bx, by) for m in groups)
 
     items = []
-    for index, (category, full_mask) in enumerate(found):
-        ys, xs = np.nonzero(full_mask)
-        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        mask = full_mask[y0:y1, x0:x1]
+    for index, (category, group, bx, by) in enumerate(found):
+        gx, gy, gw, gh = cv2.boundingRect(group.view(np.uint8))
+        mask = group[gy : gy + gh, gx : gx + gw]
+        x0, y0 = bx + gx, by + gy
+        x1, y1 = x0 + gw, y0 + gh
         crop = image_rgb[y0:y1, x0:x1]
         cutout = np.full((y1 - y0, x1 - x0, 4), 255, dtype=np.uint8)
         cutout[mask, :3] = crop[mask]  # outside the item: transparent white
