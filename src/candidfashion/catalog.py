@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -789,22 +788,12 @@ def foreground_pixels(image: np.ndarray, at_most: int | None = None) -> np.ndarr
     if image.shape[2] == 4:
         mask = image[..., 3] >= 128
     else:
-        rgb = image
-        h, w = rgb.shape[:2]
-        bw = max(1, min(h, w) // 50)
-        border = np.concatenate(
-            [
-                rgb[:bw].reshape(-1, 3),
-                rgb[-bw:].reshape(-1, 3),
-                rgb[:, :bw].reshape(-1, 3),
-                rgb[:, -bw:].reshape(-1, 3),
-            ]
-        )
-        backdrop = np.median(border, axis=0).astype(np.int16)
-        # Foreground: any channel more than 28 levels from the backdrop (OpenCV: one pass).
-        lower = np.clip(backdrop - 28, 0, 255).astype(np.uint8)
-        upper = np.clip(backdrop + 28, 0, 255).astype(np.uint8)
-        mask = cv2.inRange(rgb, lower, upper) == 0
+        from candidfashion.imageio import border_pixels, near_colour
+
+        h, w = image.shape[:2]
+        backdrop = np.median(border_pixels(image, max(1, min(h, w) // 50)), axis=0)
+        # Foreground: any channel more than 28 levels from the backdrop.
+        mask = near_colour(image, backdrop, 28) == 0
     flat = image.reshape(-1, image.shape[2])
     index = np.flatnonzero(mask)
     if len(index) < 0.02 * mask.size:

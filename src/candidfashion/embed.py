@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from candidfashion.imageio import composite_on_white
+from candidfashion.imageio import border_pixels, composite_on_white, near_colour
 from candidfashion.parse import ModelSourceError, open_model
 
 if TYPE_CHECKING:
@@ -61,22 +61,11 @@ def trim_uniform_border(rgb: np.ndarray, whiten: bool = True) -> np.ndarray:
     h, w = rgb.shape[:2]
     if h < 8 or w < 8:
         return rgb
-    frame = np.concatenate(
-        [
-            rgb[:2].reshape(-1, 3),
-            rgb[-2:].reshape(-1, 3),
-            rgb[:, :2].reshape(-1, 3),
-            rgb[:, -2:].reshape(-1, 3),
-        ]
-    ).astype(np.int16)
+    frame = border_pixels(rgb, 2).astype(np.int16)
     background = np.median(frame, axis=0)
     if (np.abs(frame - background).max(axis=1) <= BORDER_TOLERANCE).mean() < UNIFORM_SHARE:
         return rgb
-    # cv2.inRange is one pass in C; the same test in NumPy was most of ingest's CPU time.
-    bg = background.astype(np.int16)
-    lower = np.clip(bg - BORDER_TOLERANCE, 0, 255).astype(np.uint8)
-    upper = np.clip(bg + BORDER_TOLERANCE, 0, 255).astype(np.uint8)
-    is_bg = cv2.inRange(np.ascontiguousarray(rgb), lower, upper)  # 255 = background
+    is_bg = near_colour(rgb, background, BORDER_TOLERANCE)  # 255 = background
     # A row or column is content when more than a sliver of it differs (JPEG noise doesn't).
     bg_per_row = cv2.reduce(is_bg, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel() // 255
     bg_per_col = cv2.reduce(is_bg, 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S).ravel() // 255
@@ -152,12 +141,7 @@ class Embedder:
             model.meta,
         )
         inp, outputs = self.session.get_inputs()[0], self.session.get_outputs()
-        if "candidfashion.input_size" in meta:
-            w, h = (int(v) for v in meta["candidfashion.input_size"].split("x"))
-        elif isinstance(inp.shape[2], int) and isinstance(inp.shape[3], int):
-            h, w = inp.shape[2], inp.shape[3]
-        else:
-            raise ModelSourceError(f"{source}: input size unknown (no metadata, dynamic shape)")
+        w, h = model.input_size
         if w != h:
             raise ModelSourceError(f"{source}: embedder input must be square, got {w}x{h}")
         self.input_size = w

@@ -25,6 +25,7 @@ import threading
 import warnings
 from typing import BinaryIO, Final
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
@@ -247,6 +248,30 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
     alpha = rgba[..., 3:4].astype(np.uint32)
     blended = (rgb * alpha + 255 * (255 - alpha) + 127) // 255
     return blended.astype(np.uint8)
+
+
+def border_pixels(rgb: np.ndarray, width: int) -> np.ndarray:
+    """(N, 3) pixels of the outermost ``width``-pixel frame of an HxWx3 image."""
+    return np.concatenate(
+        [
+            rgb[:width].reshape(-1, 3),
+            rgb[-width:].reshape(-1, 3),
+            rgb[:, :width].reshape(-1, 3),
+            rgb[:, -width:].reshape(-1, 3),
+        ]
+    )
+
+
+def near_colour(rgb: np.ndarray, colour: np.ndarray, tolerance: int) -> np.ndarray:
+    """uint8 HxW mask, 255 where every channel is within ``tolerance`` of ``colour``.
+
+    cv2.inRange does it in one pass; the same test in NumPy (an int16 copy, a difference
+    and a max over channels) cost ten times more.
+    """
+    centre = np.asarray(colour).astype(np.int16)
+    lower = np.clip(centre - tolerance, 0, 255).astype(np.uint8)
+    upper = np.clip(centre + tolerance, 0, 255).astype(np.uint8)
+    return cv2.inRange(np.ascontiguousarray(rgb), lower, upper)
 
 
 def load_image(

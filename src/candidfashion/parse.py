@@ -105,6 +105,20 @@ class LoadedModel:
     sha256: str
     session: ort.InferenceSession
     meta: dict[str, str]
+    input_size: tuple[int, int]  # (W, H) the model expects
+
+
+def _input_size(
+    source: str, session: ort.InferenceSession, meta: dict[str, str]
+) -> tuple[int, int]:
+    # Exported models record it; otherwise a fixed input shape says it.
+    if "candidfashion.input_size" in meta:
+        w, h = (int(v) for v in meta["candidfashion.input_size"].split("x"))
+        return w, h
+    shape = session.get_inputs()[0].shape
+    if isinstance(shape[2], int) and isinstance(shape[3], int):
+        return shape[3], shape[2]
+    raise ModelSourceError(f"{source}: input size unknown (no metadata, dynamic shape)")
 
 
 def open_model(source: str, kind: str, threads: int, cache_dir: Path | None) -> LoadedModel:
@@ -117,7 +131,7 @@ def open_model(source: str, kind: str, threads: int, cache_dir: Path | None) -> 
     if found != kind:
         article = "an" if kind[0] in "aeiou" else "a"
         raise ModelSourceError(f"{source} is a {found} model, not {article} {kind}")
-    return LoadedModel(path, file_sha256(path), session, meta)
+    return LoadedModel(path, file_sha256(path), session, meta, _input_size(source, session, meta))
 
 
 @dataclass(frozen=True)
@@ -182,14 +196,7 @@ class Parser:
         classes = json.loads(meta.get("candidfashion.classes", json.dumps(list(CLASSES))))
         if list(classes) != list(CLASSES):
             raise ModelSourceError(f"{source} predicts {classes}, not this taxonomy")
-        shape = self.session.get_inputs()[0].shape
-        if "candidfashion.input_size" in meta:
-            w, h = (int(v) for v in meta["candidfashion.input_size"].split("x"))
-        elif isinstance(shape[2], int) and isinstance(shape[3], int):
-            h, w = shape[2], shape[3]
-        else:
-            raise ModelSourceError(f"{source}: input size unknown (no metadata, dynamic shape)")
-        self.input_size = (w, h)
+        self.input_size = w, h = model.input_size
         self.input_name = self.session.get_inputs()[0].name
         self._lock = threading.Lock()  # ORT sessions are thread-safe; this only guards stats
         log.info("parser loaded: %s (sha256 %s, input %dx%d)", self.path, self.sha256[:12], w, h)
