@@ -134,12 +134,8 @@ class Embedder:
     def __init__(self, source: str, threads: int = 2, cache_dir: Path | None = None):
         self.source = source
         model = open_model(source, "embedder", threads, cache_dir)
-        self.path, self.sha256, self.session, meta = (
-            model.path,
-            model.sha256,
-            model.session,
-            model.meta,
-        )
+        self.path, self.sha256, self.session = model.path, model.sha256, model.session
+        meta = model.meta
         inp, outputs = self.session.get_inputs()[0], self.session.get_outputs()
         w, h = model.input_size
         if w != h:

@@ -187,12 +187,8 @@ class Parser:
         self.source = source
         self.flip = flip
         model = open_model(source, "parser", threads, cache_dir)
-        self.path, self.sha256, self.session, meta = (
-            model.path,
-            model.sha256,
-            model.session,
-            model.meta,
-        )
+        self.path, self.sha256, self.session = model.path, model.sha256, model.session
+        meta = model.meta
         classes = json.loads(meta.get("candidfashion.classes", json.dumps(list(CLASSES))))
         if list(classes) != list(CLASSES):
             raise ModelSourceError(f"{source} predicts {classes}, not this taxonomy")
