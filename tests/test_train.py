@@ -125,3 +125,45 @@ def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
     labels = parser.parse(rgb)
     assert labels.shape == (H, W)
     assert (labels[24:40, 24:32] == 3).mean() > 0.8  # taxonomy id 3 = top
+
+
+def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> None:
+    data = write_ccp(tmp_path / "ccp", _photos(12))
+    (data / "val.txt").write_text("0011\n0012\n")
+    out = tmp_path / "run"
+    env = {
+        **os.environ,
+        "CANDIDFASHION_TRAIN_THREADS": "1",
+        "CANDIDFASHION_DATA_DIR": str(tmp_path / "data"),
+    }
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    extra = ("--mlflow-uri", uri, "--ema", "0.9", "--bf16", "--lr", "5e-3")
+    epochs = 5
+    proc = subprocess.Popen(
+        _train_cmd(data, out, epochs, *extra),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 600
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    done = subprocess.run(
+        _train_cmd(data, out, epochs, *extra, "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resumed from epoch" in done.stdout + done.stderr
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+    assert state["epoch"] == 4
+    # The shipped weights are the moving average, not the last step's weights.
+    key = "classifier.weight"
+    assert not torch.equal(state["model"][key], state["raw_model"][key])
+    assert torch.equal(state["model"][key], state["ema"][f"module.{key}"])
+    assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
+

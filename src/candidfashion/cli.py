@@ -251,6 +251,12 @@ def train(
     init_from: Annotated[
         Path | None, typer.Option(help="Start from this checkpoint's weights (fine-tuning).")
     ] = None,
+    ema: Annotated[
+        float, typer.Option(help="Weight moving-average decay, e.g. 0.995 (0: off).")
+    ] = 0.0,
+    bf16: Annotated[
+        bool, typer.Option("--bf16/--fp32", help="bfloat16 autocast (faster on AVX512-BF16).")
+    ] = False,
 ) -> None:
     """Train the garment parser (needs the [train] extra)."""
     try:
@@ -274,6 +280,8 @@ def train(
         mlflow_uri=mlflow_uri or _settings().resolved_mlflow_uri(),
         val_ids=val_ids,
         init_from=init_from,
+        ema=ema,
+        bf16=bf16,
     )
     run_training(cfg)
 

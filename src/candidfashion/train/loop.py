@@ -51,6 +51,12 @@ class TrainConfig:
     #: Start from this checkpoint's weights (fresh optimizer and schedule), e.g. to fine-tune.
     init_from: Path | None = None
     dice_weight: float = 0.5
+    #: Decay of an exponential moving average of the weights (0 = off). Validation, the best
+    #: checkpoint and the export use the average, which swings far less from epoch to epoch.
+    ema: float = 0.0
+    #: bfloat16 autocast for the forward pass (weights and optimizer stay float32); about
+    #: 1.7x faster per step on CPUs with AVX512-BF16.
+    bf16: bool = False
     threads: int = field(
         default_factory=lambda: int(os.environ.get("CANDIDFASHION_TRAIN_THREADS", "0"))
     )
@@ -224,10 +230,23 @@ def run_training(cfg: TrainConfig) -> Path:
         pct_start=min(0.1, 2 / cfg.epochs),
     )
 
+    averaged = (
+        torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema),
+            use_buffers=True,
+        )
+        if cfg.ema > 0
+        else None
+    )
     start_epoch, best_miou, run_id = 0, -1.0, None
     if cfg.resume and last_path.exists():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
-        load_parser_state(model, state["model"])
+        load_parser_state(model, state.get("raw_model", state["model"]))
+        if averaged is not None:
+            if "ema" not in state:
+                raise ValueError(f"{last_path} was trained without --ema; resume without it")
+            averaged.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
@@ -261,13 +280,17 @@ def run_training(cfg: TrainConfig) -> Path:
             ) as progress:
                 task = progress.add_task("train", total=steps_per_epoch, loss=0.0)
                 for step, (x, y) in enumerate(loader, 1):
-                    logits = model(x)
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                        logits = model(x)
+                    logits = logits.float()
                     loss = F.cross_entropy(logits, y, weight=weights, ignore_index=IGNORE)
                     loss = loss + cfg.dice_weight * dice_loss(logits, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
+                    if averaged is not None:
+                        averaged.update_parameters(model)
                     running += loss.item()
                     progress.update(task, advance=1, loss=running / step)
                     if not console.is_terminal and step % 20 == 0:
@@ -280,7 +303,8 @@ def run_training(cfg: TrainConfig) -> Path:
                             running / step,
                         )
             train_loss = running / steps_per_epoch
-            cm = validate(model, val_images, val_masks, cfg.input_size)
+            scored = model if averaged is None else averaged.module
+            cm = validate(scored, val_images, val_masks, cfg.input_size)
             metrics = metrics_from_confusion(cm)
             miou = float(metrics["garment_miou"])  # type: ignore[arg-type]
             seconds = time.time() - t0
@@ -299,7 +323,7 @@ def run_training(cfg: TrainConfig) -> Path:
                 step=epoch + 1,
             )
             checkpoint = {
-                "model": model.state_dict(),
+                "model": scored.state_dict(),
                 "encoder": cfg.encoder,
                 "num_classes": NUM_CLASSES,
                 "input_size": list(cfg.input_size),
@@ -316,6 +340,11 @@ def run_training(cfg: TrainConfig) -> Path:
             _atomic_save(
                 {
                     **checkpoint,
+                    **(
+                        {"raw_model": model.state_dict(), "ema": averaged.state_dict()}
+                        if averaged is not None
+                        else {}
+                    ),
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "best_miou": best_miou,
