@@ -146,6 +146,10 @@ def test_evaluate_parser_numbers_by_hand(
     assert cm.shape == (NUM_CLASSES, NUM_CLASSES) and cm.sum() == 2 * H * W
     assert cm[CLASS_ID["skin"], CLASS_ID["pants"]] == 768
     assert cm[CLASS_ID["hat"], CLASS_ID["background"]] == 256
+    # Resampling 2 photos: either both (the point estimate), twice one or twice the other.
+    low, high = report["garment_miou_ci95"]
+    assert 0.0 <= low <= report["garment_miou"] <= high <= 1.0
+    assert report["bootstrap_samples"] == 1000
     assert len(report["model_sha256"]) == 64
     assert report["model"] == str(colour_model)
     assert report["data"] == f"ccp:{ccp_folder}"
@@ -155,6 +159,7 @@ def test_evaluate_parser_numbers_by_hand(
     print_report(report, Console(file=text, width=100, color_system=None))
     out = text.getvalue()
     assert "garment mIoU 50.0" in out and "pixel accuracy 83.3" in out
+    assert "95% interval" in out
     assert "dress" in out and "100.0" in out
 
 
@@ -224,3 +229,19 @@ def test_print_report_handles_classes_without_scores() -> None:
     print_report(report, Console(file=text, width=100, color_system=None))
     assert report["garment_miou"] is None
     assert "garment mIoU -" in text.getvalue()
+
+
+def test_bootstrap_interval_is_narrow_for_alike_photos_and_wide_for_mixed_ones() -> None:
+    from candidfashion.evaluate import bootstrap_garment_miou
+
+    top = CLASS_ID["top"]
+    right = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    right[top, top] = 100
+    wrong = np.zeros_like(right)
+    wrong[top, 0] = 100
+    same = np.stack([right] * 20)
+    assert bootstrap_garment_miou(same) == (1.0, 1.0)
+    low, high = bootstrap_garment_miou(np.stack([right] * 10 + [wrong] * 10))
+    assert low < 0.5 < high and high - low > 0.2
+    assert bootstrap_garment_miou(same[:1]) is None
+    assert bootstrap_garment_miou(same, samples=0) is None

@@ -166,4 +166,3 @@ def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> 
     assert not torch.equal(state["model"][key], state["raw_model"][key])
     assert torch.equal(state["model"][key], state["ema"][f"module.{key}"])
     assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
-

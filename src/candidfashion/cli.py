@@ -299,6 +299,9 @@ def evaluate(
             help="Average with the mirrored photo (default: the parser_flip setting).",
         ),
     ] = None,
+    bootstrap: Annotated[
+        int, typer.Option(help="Resamples for the garment mIoU 95% interval (0: off).", min=0)
+    ] = 1000,
 ) -> None:
     """Evaluate an exported ONNX parser on a labelled folder; per-class IoU and garment mIoU."""
     from candidfashion.evaluate import evaluate_parser, print_report
@@ -306,7 +309,9 @@ def evaluate(
     settings = _settings()
     if flip is not None:
         settings = settings.model_copy(update={"parser_flip": flip})
-    report = evaluate_parser(data, model or settings.parser_model, ids_file=ids, settings=settings)
+    report = evaluate_parser(
+        data, model or settings.parser_model, ids_file=ids, settings=settings, bootstrap=bootstrap
+    )
     print_report(report, out)
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
