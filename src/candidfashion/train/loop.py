@@ -108,7 +108,10 @@ def metrics_from_confusion(cm: np.ndarray) -> dict[str, float | dict[str, float]
 
 @torch.no_grad()
 def validate(
-    model: ParserNet, images: list[np.ndarray], masks: list[np.ndarray], size: tuple[int, int]
+    model: torch.nn.Module,
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    size: tuple[int, int],
 ) -> np.ndarray:
     """Confusion matrix on whole photos, letterboxed exactly as the serving parser does."""
     model.eval()
