@@ -49,6 +49,21 @@ def _train_cmd(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _kill_after_first_checkpoint(cmd: list[str], env: dict[str, str], out: Path) -> str:
+    """Start a training run and SIGKILL it once ``last.pt`` exists; returns its output."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    killed_while_running = proc.poll() is None
+    proc.send_signal(signal.SIGKILL)
+    output = proc.communicate()[0].decode()
+    assert (out / "last.pt").exists(), output
+    if not killed_while_running:
+        pytest.skip("the run finished before it could be killed; nothing to resume")
+    return output
+
+
 def test_dice_loss_is_zero_for_a_perfect_prediction() -> None:
     target = torch.tensor([[[0, 3], [3, 255]]])
     perfect = torch.nn.functional.one_hot(target.clamp(max=13), 14).permute(0, 3, 1, 2) * 50.0
@@ -76,21 +91,7 @@ def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
     }
     uri = env["MLFLOW_TRACKING_URI"]
     epochs = 6
-    proc = subprocess.Popen(
-        _train_cmd(data, out, epochs, "--mlflow-uri", uri),
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.time() + 600
-    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    killed_while_running = proc.poll() is None
-    proc.send_signal(signal.SIGKILL)
-    first_output = proc.communicate()[0].decode()
-    assert (out / "last.pt").exists(), first_output
-    if not killed_while_running:
-        pytest.skip("the run finished before it could be killed; nothing to resume")
+    _kill_after_first_checkpoint(_train_cmd(data, out, epochs, "--mlflow-uri", uri), env, out)
 
     resumed = subprocess.run(
         _train_cmd(data, out, epochs, "--mlflow-uri", uri, "--resume"),
@@ -139,17 +140,7 @@ def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     extra = ("--mlflow-uri", uri, "--ema", "0.9", "--bf16", "--lr", "5e-3")
     epochs = 5
-    proc = subprocess.Popen(
-        _train_cmd(data, out, epochs, *extra),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 600
-    while not (out / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    proc.kill()
-    proc.wait()
+    _kill_after_first_checkpoint(_train_cmd(data, out, epochs, *extra), env, out)
     done = subprocess.run(
         _train_cmd(data, out, epochs, *extra, "--resume"),
         env=env,
