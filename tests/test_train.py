@@ -157,3 +157,12 @@ def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> 
     assert not torch.equal(state["model"][key], state["raw_model"][key])
     assert torch.equal(state["model"][key], state["ema"][f"module.{key}"])
     assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
+
+    # last.pt exports as it is (it loads with weights_only=True, RNG states included).
+    exported = subprocess.run(
+        [sys.executable, "-m", "candidfashion.cli", "export", "--checkpoint", str(out / "last.pt"),
+         "--out", str(tmp_path / "last.onnx")],
+        env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert exported.returncode == 0, exported.stdout + exported.stderr
+    assert (tmp_path / "last.onnx").stat().st_size > 0

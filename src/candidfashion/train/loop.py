@@ -153,6 +153,20 @@ def _atomic_save(obj: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _numpy_rng_to_save() -> tuple:
+    """NumPy's RNG state with its key array as a tensor, so that ``last.pt`` stays loadable
+    with ``torch.load(weights_only=True)`` (which ``candidfashion export`` uses)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    return (name, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached)
+
+
+def _numpy_rng_from_saved(saved: tuple) -> tuple:
+    name, keys, pos, has_gauss, cached = saved
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype(np.uint32)
+    return (name, keys, pos, has_gauss, cached)
+
+
 def _split_ids(spec: str, cfg: TrainConfig) -> tuple[list[str], list[str]]:
     ds = open_dataset(spec)
     if spec.startswith("ccp:"):
@@ -257,7 +271,7 @@ def run_training(cfg: TrainConfig) -> Path:
         run_id = state.get("mlflow_run_id")
         torch.set_rng_state(state["torch_rng"])
         generator.set_state(state["loader_rng"])
-        np.random.set_state(state["numpy_rng"])
+        np.random.set_state(_numpy_rng_from_saved(state["numpy_rng"]))
         random.setstate(state["python_rng"])
         console.print(f"resumed from epoch {start_epoch} (best garment mIoU {best_miou:.3f})")
     elif cfg.resume:
@@ -354,7 +368,7 @@ def run_training(cfg: TrainConfig) -> Path:
                     "mlflow_run_id": run.info.run_id,
                     "torch_rng": torch.get_rng_state(),
                     "loader_rng": generator.get_state(),
-                    "numpy_rng": np.random.get_state(),
+                    "numpy_rng": _numpy_rng_to_save(),
                     "python_rng": random.getstate(),
                 },
                 last_path,
