@@ -105,6 +105,19 @@ def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
     assert "resumed from epoch" in log
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
     assert state["epoch"] == epochs - 1
+
+    # A different length cannot reuse the one-cycle schedule: refused with a clear message.
+    longer = subprocess.run(
+        _train_cmd(data, out, epochs + 2, "--mlflow-uri", uri, "--resume"),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert longer.returncode == 1, longer.stdout + longer.stderr
+    # Rich wraps long lines; compare with the whitespace folded.
+    assert f"resume it with --epochs {epochs}" in " ".join((longer.stdout + longer.stderr).split())
+    assert "Traceback" not in longer.stdout + longer.stderr
     # The model learned the two colours: the toy problem is easy.
     assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
 

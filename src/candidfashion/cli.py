@@ -283,7 +283,10 @@ def train(
         ema=ema,
         bf16=bf16,
     )
-    run_training(cfg)
+    try:
+        run_training(cfg)
+    except ValueError as err:
+        raise _fail(str(err)) from err
 
 
 @app.command("eval")

@@ -259,6 +259,13 @@ def run_training(cfg: TrainConfig) -> Path:
     start_epoch, best_miou, run_id = 0, -1.0, None
     if cfg.resume and last_path.exists():
         state = torch.load(last_path, map_location="cpu", weights_only=False)
+        planned = int(state.get("config", {}).get("epochs", cfg.epochs))
+        if planned != cfg.epochs:
+            # The one-cycle schedule was laid out for the old length and cannot be stretched.
+            raise ValueError(
+                f"{last_path} belongs to a {planned}-epoch run; resume it with --epochs {planned}"
+                " (or start a new run with --init-from to train longer)"
+            )
         load_parser_state(model, state.get("raw_model", state["model"]))
         if averaged is not None:
             if "ema" not in state:
