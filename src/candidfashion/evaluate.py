@@ -77,15 +77,21 @@ def iou_from_confusion(confusion: np.ndarray) -> np.ndarray:
         return np.where(union > 0, tp / np.maximum(union, 1), np.nan)
 
 
+def garment_ids_in_truth(confusion: np.ndarray) -> list[int]:
+    """Taxonomy ids of the garment classes that occur in the truth (rows) of a matrix:
+    the classes garment mIoU averages over."""
+    in_truth = np.asarray(confusion).sum(axis=1) > 0
+    return [i for i in (CLASSES.index(c) for c in GARMENT_CLASSES) if in_truth[i]]
+
+
 def summarise(confusion: np.ndarray) -> dict[str, Any]:
     """The report's metric fields from a confusion matrix over the taxonomy."""
     cm = np.asarray(confusion, dtype=np.int64)
     if cm.shape != (NUM_CLASSES, NUM_CLASSES):
         raise EvaluationError(f"confusion must be {NUM_CLASSES}x{NUM_CLASSES}, got {cm.shape}")
     iou = iou_from_confusion(cm)
-    in_truth = cm.sum(axis=1) > 0
     total = int(cm.sum())
-    garment_ids = [CLASSES.index(c) for c in GARMENT_CLASSES if in_truth[CLASSES.index(c)]]
+    garment_ids = garment_ids_in_truth(cm)
     valid = ~np.isnan(iou)
     return {
         "per_class_iou": {
@@ -117,13 +123,11 @@ def bootstrap_garment_miou(
     # How often each photo is drawn, times its matrix: every resample's summed matrix at once.
     counts = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
     totals = (counts @ flat).reshape(samples, NUM_CLASSES, NUM_CLASSES)
-    garment = [CLASSES.index(c) for c in GARMENT_CLASSES]
     values = []
     for cm in totals:
-        iou = iou_from_confusion(cm)
-        present = [i for i in garment if cm[i].sum() > 0]
+        present = garment_ids_in_truth(cm)
         if present:
-            values.append(float(iou[present].mean()))
+            values.append(float(iou_from_confusion(cm)[present].mean()))
     if not values:
         return None
     low, high = np.percentile(values, [2.5, 97.5])
