@@ -244,7 +244,9 @@ def run_training(cfg: TrainConfig) -> Path:
         optimizer,
         max_lr=[cfg.lr * 0.5, cfg.lr],
         total_steps=cfg.epochs * steps_per_epoch,
-        pct_start=min(0.1, 2 / cfg.epochs),
+        # OneCycleLR divides by (warm-up steps - 1): keep at least 2 warm-up steps so short
+        # runs on small sets don't fail with a ZeroDivisionError.
+        pct_start=max(min(0.1, 2 / cfg.epochs), 2 / max(cfg.epochs * steps_per_epoch, 3)),
     )
 
     averaged = (
