@@ -179,3 +179,27 @@ def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> 
     )  # fmt: skip
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert (tmp_path / "last.onnx").stat().st_size > 0
+
+
+def test_same_seed_gives_the_same_weights(tmp_path: Path) -> None:
+    """Augmentation included: albumentations ignores the global seeds unless seeded itself."""
+    data = write_ccp(tmp_path / "ccp", _photos(12))
+    (data / "val.txt").write_text("0011\n0012\n")
+    env = {
+        **os.environ,
+        "CANDIDFASHION_TRAIN_THREADS": "1",
+        "CANDIDFASHION_DATA_DIR": str(tmp_path / "data"),
+    }
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    states = []
+    for run in ("a", "b"):
+        done = subprocess.run(
+            _train_cmd(data, tmp_path / run, 2, "--mlflow-uri", uri),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        states.append(torch.load(tmp_path / run / "last.pt", map_location="cpu")["model"])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

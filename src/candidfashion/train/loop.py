@@ -295,6 +295,10 @@ def run_training(cfg: TrainConfig) -> Path:
             mlflow.log_param("val_photos", len(val_images))
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
+            # albumentations 2 keeps its own generators and ignores the global seeds; seeding
+            # it per epoch makes a run repeatable, and a resumed epoch sees what an
+            # uninterrupted run would have seen.
+            dataset.transform.set_random_seed(cfg.seed * 10_000 + epoch)
             t0, running = time.time(), 0.0
             with Progress(
                 TextColumn(f"epoch {epoch + 1}/{cfg.epochs}"),
