@@ -79,6 +79,21 @@ def test_metrics_from_confusion_counts_only_present_garments() -> None:
     assert set(metrics["per_class_iou"]) == {"background", "top"}
 
 
+def test_repeat_factors_favour_photos_of_rare_classes() -> None:
+    from candidfashion.train.data import IGNORE, repeat_factors
+
+    masks = [np.full((20, 20), 3, np.uint8) for _ in range(10)]  # a top in every photo
+    masks[0][:10] = 8  # shorts in one photo of ten (200 px)
+    masks[1][:2, :5] = 11  # a hat of 10 px: too small to count
+    masks[2][:, :] = 2  # hair only: not a product class
+    masks[3][:10] = IGNORE
+    factors = repeat_factors(masks, threshold=0.3)
+    assert factors[0] == pytest.approx(np.sqrt(0.3 / 0.1))
+    assert factors[1:].tolist() == [1.0] * 9
+    # A threshold below every class's frequency changes nothing.
+    assert repeat_factors(masks, threshold=0.05).tolist() == [1.0] * 10
+
+
 def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
     data = write_ccp(tmp_path / "ccp", _photos(12))
     (data / "val.txt").write_text("0011\n0012\n")
@@ -194,12 +209,15 @@ def test_same_seed_gives_the_same_weights(tmp_path: Path) -> None:
     states = []
     for run in ("a", "b"):
         done = subprocess.run(
-            _train_cmd(data, tmp_path / run, 2, "--mlflow-uri", uri),
+            _train_cmd(
+                data, tmp_path / run, 2, "--mlflow-uri", uri, "--repeat-threshold", "0.5"
+            ),
             env=env,
             capture_output=True,
             text=True,
             timeout=400,
         )
         assert done.returncode == 0, done.stdout + done.stderr
+        assert "repeat-factor sampling" in done.stdout + done.stderr
         states.append(torch.load(tmp_path / run / "last.pt", map_location="cpu")["model"])
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -257,6 +257,13 @@ def train(
     bf16: Annotated[
         bool, typer.Option("--bf16/--fp32", help="bfloat16 autocast (faster on AVX512-BF16).")
     ] = False,
+    repeat_threshold: Annotated[
+        float,
+        typer.Option(
+            help="Draw photos of rare classes more often (repeat-factor sampling), e.g. 0.3;"
+            " 0: off."
+        ),
+    ] = 0.0,
 ) -> None:
     """Train the garment parser (needs the [train] extra)."""
     try:
@@ -282,6 +289,7 @@ def train(
         init_from=init_from,
         ema=ema,
         bf16=bf16,
+        repeat_threshold=repeat_threshold,
     )
     try:
         run_training(cfg)

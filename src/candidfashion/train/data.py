@@ -60,6 +60,29 @@ def class_weights(masks: Sequence[np.ndarray], power: float = 0.5) -> np.ndarray
     return (weights / weights[freq > 0].mean()).astype(np.float32)
 
 
+def repeat_factors(
+    masks: Sequence[np.ndarray], threshold: float, min_pixels: int = 64
+) -> np.ndarray:
+    """Per-photo sampling weights that show photos of rare classes more often.
+
+    Repeat-factor sampling (Gupta et al., LVIS, 2019): a class found in a fraction ``f`` of
+    the photos gets ``r = max(1, sqrt(threshold / f))``, and a photo the largest ``r`` of
+    the classes it holds (``min_pixels`` or more). CCP has shorts in 6 % of its photos and
+    hats in 11 %, against tops in nearly all of them. Background, skin and hair are left out.
+    """
+    if not masks:
+        return np.ones(0)
+    present = np.zeros((len(masks), NUM_CLASSES), dtype=bool)
+    for i, m in enumerate(masks):
+        counts = np.bincount(m[m != IGNORE].ravel(), minlength=NUM_CLASSES)[:NUM_CLASSES]
+        present[i] = counts >= min_pixels
+    present[:, :3] = False  # background, skin, hair: not products
+    freq = present.mean(axis=0)
+    class_repeat = np.where(freq > 0, np.sqrt(threshold / np.maximum(freq, 1e-12)), 1.0)
+    class_repeat = np.maximum(class_repeat, 1.0)
+    return np.array([class_repeat[row].max(initial=1.0) for row in present])
+
+
 def train_augmentation(crop: tuple[int, int], base_height: int, infer_height: int) -> A.Compose:
     """Random scale around the inference scale, crop, flip, photometric noise.
 
