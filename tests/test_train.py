@@ -209,9 +209,7 @@ def test_same_seed_gives_the_same_weights(tmp_path: Path) -> None:
     states = []
     for run in ("a", "b"):
         done = subprocess.run(
-            _train_cmd(
-                data, tmp_path / run, 2, "--mlflow-uri", uri, "--repeat-threshold", "0.5"
-            ),
+            _train_cmd(data, tmp_path / run, 2, "--mlflow-uri", uri, "--repeat-threshold", "0.5"),
             env=env,
             capture_output=True,
             text=True,
