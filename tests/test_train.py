@@ -186,6 +186,14 @@ def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> 
     assert torch.equal(state["model"][key], state["ema"][f"module.{key}"])
     assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
 
+    # Resuming without --ema would drop the average and ship raw weights: refused.
+    refused = subprocess.run(
+        _train_cmd(data, out, epochs, "--mlflow-uri", uri, "--resume"),
+        env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "resume with --ema 0.9" in " ".join((refused.stdout + refused.stderr).split())
+
     # last.pt exports as it is (it loads with weights_only=True, RNG states included).
     exported = subprocess.run(
         [sys.executable, "-m", "candidfashion.cli", "export", "--checkpoint", str(out / "last.pt"),

@@ -293,6 +293,10 @@ def run_training(cfg: TrainConfig) -> Path:
             if "ema" not in state:
                 raise ValueError(f"{last_path} was trained without --ema; resume without it")
             averaged.load_state_dict(state["ema"])
+        elif "ema" in state:
+            # Dropping the average would silently ship the raw weights of an EMA run.
+            ema_decay = state.get("config", {}).get("ema", "DECAY")
+            raise ValueError(f"{last_path} was trained with --ema; resume with --ema {ema_decay}")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = state["epoch"] + 1
