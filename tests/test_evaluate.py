@@ -245,3 +245,64 @@ def test_bootstrap_interval_is_narrow_for_alike_photos_and_wide_for_mixed_ones()
     assert low < 0.5 < high and high - low > 0.2
     assert bootstrap_garment_miou(same[:1]) is None
     assert bootstrap_garment_miou(same, samples=0) is None
+
+
+def test_paired_difference_interval() -> None:
+    from candidfashion.evaluate import paired_bootstrap_difference
+
+    right = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    right[CLASS_ID["top"], CLASS_ID["top"]] = 100
+    wrong = np.zeros_like(right)
+    wrong[CLASS_ID["top"], CLASS_ID["background"]] = 100
+    # The same model twice: no difference in any resample.
+    same = np.stack([right] * 5 + [wrong] * 5)
+    assert paired_bootstrap_difference(same, same) == (0.0, 0.0)
+    # Better on every photo: the whole interval is above zero, though the model's own
+    # interval (half its photos right) is wide.
+    low, high = paired_bootstrap_difference(np.stack([right] * 10), same)
+    assert 0.0 < low <= high <= 1.0
+    # Better on half the photos and worse on the other half: the interval straddles zero.
+    swapped = np.stack([wrong] * 5 + [right] * 5)
+    low, high = paired_bootstrap_difference(swapped, same)
+    assert low < 0.0 < high
+    # Photos whose truth differs were not scored on the same set.
+    other_truth = same.copy()
+    other_truth[0, CLASS_ID["top"], CLASS_ID["top"]] += 1
+    with pytest.raises(EvaluationError, match="same photos"):
+        paired_bootstrap_difference(same, other_truth)
+    assert paired_bootstrap_difference(same, same, samples=0) is None
+
+
+def test_eval_against_a_baseline_from_the_cli(
+    ccp_folder: Path, colour_model: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """``candidfashion eval --baseline``: both models on the same photos, and the difference."""
+    from typer.testing import CliRunner
+
+    from candidfashion.cli import app
+
+    torch = pytest.importorskip("torch")
+    blind = torch.nn.Conv2d(3, NUM_CLASSES, 1)  # calls every pixel background
+    with torch.no_grad():
+        blind.weight.zero_()
+        blind.bias.fill_(-100.0)
+        blind.bias[CLASS_ID["background"]] = 10.0
+    blind_model = export_onnx_parser(blind, tmp_path / "blind.onnx", (W, H))
+    out = tmp_path / "report.json"
+    result = CliRunner().invoke(
+        app,
+        ["eval", "--data", f"ccp:{ccp_folder}", "--model", str(colour_model),
+         "--baseline", str(blind_model), "--json", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(out.read_text())
+    assert report["garment_miou"] == pytest.approx(0.5)
+    assert report["baseline"]["garment_miou"] == 0.0
+    assert report["baseline"]["model"] == str(blind_model)
+    assert report["garment_miou_difference"]["value"] == pytest.approx(0.5)
+    # Two photos: resamples hold photo 1 twice (+0.75), photo 2 twice (0) or both (+0.5).
+    low, high = report["garment_miou_difference"]["ci95"]
+    assert 0.0 <= low <= 0.5 <= high <= 0.75
+    text = " ".join(result.output.split())
+    assert "difference +50.0 points" in text and "paired interval" in text
+    assert "not distinguishable from the baseline" in text

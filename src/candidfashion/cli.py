@@ -313,6 +313,13 @@ def evaluate(
     bootstrap: Annotated[
         int, typer.Option(help="Resamples for the garment mIoU 95% interval (0: off).", min=0)
     ] = 1000,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            help="A second parser scored on the same photos; prints the difference in garment"
+            " mIoU with a paired 95% interval."
+        ),
+    ] = None,
 ) -> None:
     """Evaluate an exported ONNX parser on a labelled folder; per-class IoU and garment mIoU."""
     from candidfashion.evaluate import evaluate_parser, print_report
@@ -321,7 +328,12 @@ def evaluate(
     if flip is not None:
         settings = settings.model_copy(update={"parser_flip": flip})
     report = evaluate_parser(
-        data, model or settings.parser_model, ids_file=ids, settings=settings, bootstrap=bootstrap
+        data,
+        model or settings.parser_model,
+        ids_file=ids,
+        settings=settings,
+        bootstrap=bootstrap,
+        baseline_source=baseline,
     )
     print_report(report, out)
     if json_out:

@@ -18,6 +18,11 @@ prediction):
   photos (photos resampled with replacement, matrices re-summed). Rare classes live in a
   handful of photos (CCP's 104 validation photos hold 6 with shorts), so a difference
   between two models smaller than this interval's half-width is not evidence.
+* ``baseline`` (with ``baseline_source``): a second model scored on the same photos, and
+  ``garment_miou_difference``: this model's garment mIoU minus the baseline's, with a paired
+  bootstrap interval (both models scored on the same resampled photos). Which photos are
+  drawn moves both models alike, so this interval is narrower than the gap between the two
+  models' own intervals would suggest, and it is the one to decide with.
 """
 
 from __future__ import annotations
@@ -117,20 +122,56 @@ def bootstrap_garment_miou(
     n = len(per_image)
     if n < 2 or samples <= 0:
         return None
-    rng = np.random.default_rng(seed)
-    flat = per_image.reshape(n, -1).astype(np.float64)
-    draws = rng.integers(0, n, size=(samples, n))
-    # How often each photo is drawn, times its matrix: every resample's summed matrix at once.
-    counts = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
-    totals = (counts @ flat).reshape(samples, NUM_CLASSES, NUM_CLASSES)
-    values = []
-    for cm in totals:
-        present = garment_ids_in_truth(cm)
-        if present:
-            values.append(float(iou_from_confusion(cm)[present].mean()))
-    if not values:
+    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    values = _garment_miou_of_resamples(per_image, draws)
+    values = values[~np.isnan(values)]
+    if not len(values):
         return None
     low, high = np.percentile(values, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _garment_miou_of_resamples(per_image: np.ndarray, draws: np.ndarray) -> np.ndarray:
+    """Garment mIoU of each resample (a row of photo indices); NaN where none is present.
+
+    The classes averaged over come from the truth, so two models scored on the same photos
+    are averaged over the same classes in every resample.
+    """
+    n = len(per_image)
+    flat = per_image.reshape(n, -1).astype(np.float64)
+    # How often each photo is drawn, times its matrix: every resample's summed matrix at once.
+    counts = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
+    totals = (counts @ flat).reshape(len(draws), NUM_CLASSES, NUM_CLASSES)
+    values = np.full(len(draws), np.nan)
+    for k, cm in enumerate(totals):
+        present = garment_ids_in_truth(cm)
+        if present:
+            values[k] = iou_from_confusion(cm)[present].mean()
+    return values
+
+
+def paired_bootstrap_difference(
+    per_image: np.ndarray, baseline_per_image: np.ndarray, samples: int = 1000, seed: int = 0
+) -> tuple[float, float] | None:
+    """95 % interval of garment mIoU (model minus baseline), resampling photos in pairs.
+
+    Both arrays are (n, C, C) confusion matrices of the same n photos, in the same order.
+    """
+    if per_image.shape != baseline_per_image.shape or not np.array_equal(
+        per_image.sum(axis=2), baseline_per_image.sum(axis=2)
+    ):
+        raise EvaluationError("the two models were not scored on the same photos")
+    n = len(per_image)
+    if n < 2 or samples <= 0:
+        return None
+    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
+    diffs = _garment_miou_of_resamples(per_image, draws) - _garment_miou_of_resamples(
+        baseline_per_image, draws
+    )
+    diffs = diffs[~np.isnan(diffs)]
+    if not len(diffs):
+        return None
+    low, high = np.percentile(diffs, [2.5, 97.5])
     return float(low), float(high)
 
 
@@ -155,12 +196,15 @@ def evaluate_parser(
     progress: bool = True,
     console: Console | None = None,
     bootstrap: int = 1000,
+    baseline_source: str | None = None,
 ) -> dict[str, Any]:
     """Run the ONNX parser over a data set spec (``ccp:DIR`` ...) and return the metrics.
 
     ``ids_file`` lists the photo ids to use, one per line (default: every labelled photo).
     Photos that fail to load are skipped and listed under ``skipped`` with the reason.
-    ``bootstrap`` resamples give ``garment_miou_ci95`` (0 turns it off).
+    ``bootstrap`` resamples give ``garment_miou_ci95`` (0 turns it off). With
+    ``baseline_source`` a second parser is scored on the same photos and the report says
+    whether the difference in garment mIoU is more than chance (a paired interval).
     """
     from candidfashion.datasets import DatasetError, open_dataset, read_ids
     from candidfashion.imageio import ImageError
@@ -183,8 +227,19 @@ def evaluate_parser(
         cache_dir=settings.data_dir / "models",
         flip=settings.parser_flip,
     )
+    baseline = (
+        Parser(
+            baseline_source,
+            threads=settings.threads,
+            cache_dir=settings.data_dir / "models",
+            flip=settings.parser_flip,
+        )
+        if baseline_source
+        else None
+    )
 
     per_image: list[np.ndarray] = []
+    baseline_per_image: list[np.ndarray] = []
     skipped: list[dict[str, str]] = []
     started = time.perf_counter()
     with _progress(console, progress) as bar:
@@ -199,6 +254,9 @@ def evaluate_parser(
                 continue
             labels = parser.parse(image)
             per_image.append(confusion_matrix(labels, mask, NUM_CLASSES))
+            if baseline is not None:
+                baseline_labels = baseline.parse(image)
+                baseline_per_image.append(confusion_matrix(baseline_labels, mask, NUM_CLASSES))
             bar.advance(task)
     seconds = time.perf_counter() - started
     evaluated = len(dataset) - len(skipped)
@@ -222,6 +280,24 @@ def evaluate_parser(
     report.update(summarise(stacked.sum(axis=0)))
     report["garment_miou_ci95"] = list(interval) if interval else None
     report["bootstrap_samples"] = bootstrap if interval else 0
+    if baseline is not None:
+        baseline_stacked = np.stack(baseline_per_image)
+        baseline_summary = summarise(baseline_stacked.sum(axis=0))
+        report["baseline"] = {
+            "model": baseline_source,
+            "model_sha256": baseline.sha256,
+            "input_size": list(baseline.input_size),
+            **{k: baseline_summary[k] for k in ("per_class_iou", "pixel_accuracy", "mean_iou")},
+            "garment_miou": baseline_summary["garment_miou"],
+        }
+        difference = None
+        if report["garment_miou"] is not None and baseline_summary["garment_miou"] is not None:
+            difference = report["garment_miou"] - baseline_summary["garment_miou"]
+        paired = paired_bootstrap_difference(stacked, baseline_stacked, bootstrap)
+        report["garment_miou_difference"] = {
+            "value": difference,
+            "ci95": list(paired) if paired else None,
+        }
     return report
 
 
@@ -254,5 +330,25 @@ def print_report(report: dict[str, Any], console: Console) -> None:
             f"(bootstrap over photos, {report['bootstrap_samples']} resamples)"
         )
     console.print(f"model {report['model']} (sha256 {report['model_sha256'][:12]})")
+    if report.get("baseline"):
+        base = report["baseline"]
+        diff = report["garment_miou_difference"]
+        console.print(
+            f"baseline {base['model']} (sha256 {base['model_sha256'][:12]}): "
+            f"garment mIoU {_fmt(base['garment_miou'])}"
+        )
+        if diff["value"] is not None:
+            line = f"difference {100 * diff['value']:+.1f} points"
+            if diff["ci95"]:
+                low, high = diff["ci95"]
+                verdict = (
+                    "better"
+                    if low > 0
+                    else "worse"
+                    if high < 0
+                    else "not distinguishable from the baseline"
+                )
+                line += f", 95% paired interval {100 * low:+.1f} to {100 * high:+.1f}: {verdict}"
+            console.print(line)
     if report.get("skipped"):
         console.print(f"[yellow]skipped {len(report['skipped'])} images that failed to load[/]")
