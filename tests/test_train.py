@@ -49,6 +49,29 @@ def _train_cmd(data: Path, out: Path, epochs: int, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def _toy_run(tmp_path: Path) -> tuple[Path, dict[str, str], str]:
+    """A 12-photo CCP folder (2 for validation), the environment and MLflow URI for a run."""
+    data = write_ccp(tmp_path / "ccp", _photos(12))
+    (data / "val.txt").write_text("0011\n0012\n")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "CANDIDFASHION_TRAIN_THREADS": "1",
+        "CANDIDFASHION_DATA_DIR": str(tmp_path / "data"),
+    }
+    return data, env, uri
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+
+
+def _folded(done: subprocess.CompletedProcess[str]) -> str:
+    """stdout and stderr with whitespace folded: Rich wraps long lines."""
+    return " ".join((done.stdout + done.stderr).split())
+
+
 def _kill_after_first_checkpoint(cmd: list[str], env: dict[str, str], out: Path) -> str:
     """Start a training run and SIGKILL it once ``last.pt`` exists; returns its output."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -95,26 +118,12 @@ def test_repeat_factors_favour_photos_of_rare_classes() -> None:
 
 
 def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
-    data = write_ccp(tmp_path / "ccp", _photos(12))
-    (data / "val.txt").write_text("0011\n0012\n")
+    data, env, uri = _toy_run(tmp_path)
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "CANDIDFASHION_TRAIN_THREADS": "1",
-        "CANDIDFASHION_DATA_DIR": str(tmp_path / "data"),
-    }
-    uri = env["MLFLOW_TRACKING_URI"]
     epochs = 6
     _kill_after_first_checkpoint(_train_cmd(data, out, epochs, "--mlflow-uri", uri), env, out)
 
-    resumed = subprocess.run(
-        _train_cmd(data, out, epochs, "--mlflow-uri", uri, "--resume"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    resumed = _run(_train_cmd(data, out, epochs, "--mlflow-uri", uri, "--resume"), env)
     log = resumed.stdout + resumed.stderr
     assert resumed.returncode == 0, log
     assert "resumed from epoch" in log
@@ -122,16 +131,9 @@ def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
     assert state["epoch"] == epochs - 1
 
     # A different length cannot reuse the one-cycle schedule: refused with a clear message.
-    longer = subprocess.run(
-        _train_cmd(data, out, epochs + 2, "--mlflow-uri", uri, "--resume"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    longer = _run(_train_cmd(data, out, epochs + 2, "--mlflow-uri", uri, "--resume"), env)
     assert longer.returncode == 1, longer.stdout + longer.stderr
-    # Rich wraps long lines; compare with the whitespace folded.
-    assert f"resume it with --epochs {epochs}" in " ".join((longer.stdout + longer.stderr).split())
+    assert f"resume it with --epochs {epochs}" in _folded(longer)
     assert "Traceback" not in longer.stdout + longer.stderr
     # The model learned the two colours: the toy problem is easy.
     assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
@@ -157,25 +159,12 @@ def test_training_resumes_after_a_kill(tmp_path: Path) -> None:
 
 
 def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> None:
-    data = write_ccp(tmp_path / "ccp", _photos(12))
-    (data / "val.txt").write_text("0011\n0012\n")
+    data, env, uri = _toy_run(tmp_path)
     out = tmp_path / "run"
-    env = {
-        **os.environ,
-        "CANDIDFASHION_TRAIN_THREADS": "1",
-        "CANDIDFASHION_DATA_DIR": str(tmp_path / "data"),
-    }
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     extra = ("--mlflow-uri", uri, "--ema", "0.9", "--bf16", "--lr", "5e-3")
     epochs = 5
     _kill_after_first_checkpoint(_train_cmd(data, out, epochs, *extra), env, out)
-    done = subprocess.run(
-        _train_cmd(data, out, epochs, *extra, "--resume"),
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    done = _run(_train_cmd(data, out, epochs, *extra, "--resume"), env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resumed from epoch" in done.stdout + done.stderr
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
@@ -187,18 +176,15 @@ def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> 
     assert state["metrics"]["garment_miou"] > 0.5, state["metrics"]
 
     # Resuming without --ema would drop the average and ship raw weights: refused.
-    refused = subprocess.run(
-        _train_cmd(data, out, epochs, "--mlflow-uri", uri, "--resume"),
-        env=env, capture_output=True, text=True, timeout=400,
-    )  # fmt: skip
+    refused = _run(_train_cmd(data, out, epochs, "--mlflow-uri", uri, "--resume"), env)
     assert refused.returncode == 1, refused.stdout + refused.stderr
-    assert "resume with --ema 0.9" in " ".join((refused.stdout + refused.stderr).split())
+    assert "resume with --ema 0.9" in _folded(refused)
 
     # last.pt exports as it is (it loads with weights_only=True, RNG states included).
-    exported = subprocess.run(
+    exported = _run(
         [sys.executable, "-m", "candidfashion.cli", "export", "--checkpoint", str(out / "last.pt"),
          "--out", str(tmp_path / "last.onnx")],
-        env=env, capture_output=True, text=True, timeout=400,
+        env,
     )  # fmt: skip
     assert exported.returncode == 0, exported.stdout + exported.stderr
     assert (tmp_path / "last.onnx").stat().st_size > 0
@@ -206,22 +192,12 @@ def test_ema_and_bf16_training_resumes_and_ships_the_average(tmp_path: Path) -> 
 
 def test_same_seed_gives_the_same_weights(tmp_path: Path) -> None:
     """Augmentation included: albumentations ignores the global seeds unless seeded itself."""
-    data = write_ccp(tmp_path / "ccp", _photos(12))
-    (data / "val.txt").write_text("0011\n0012\n")
-    env = {
-        **os.environ,
-        "CANDIDFASHION_TRAIN_THREADS": "1",
-        "CANDIDFASHION_DATA_DIR": str(tmp_path / "data"),
-    }
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data, env, uri = _toy_run(tmp_path)
     states = []
     for run in ("a", "b"):
-        done = subprocess.run(
+        done = _run(
             _train_cmd(data, tmp_path / run, 2, "--mlflow-uri", uri, "--repeat-threshold", "0.5"),
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=400,
+            env,
         )
         assert done.returncode == 0, done.stdout + done.stderr
         assert "repeat-factor sampling" in done.stdout + done.stderr

@@ -119,35 +119,10 @@ def bootstrap_garment_miou(
     ``per_image`` is (n, C, C): one confusion matrix per photo. ``None`` when there are
     fewer than two photos or ``samples`` is 0.
     """
-    n = len(per_image)
-    if n < 2 or samples <= 0:
+    counts = _resample_counts(len(per_image), samples, seed)
+    if counts is None:
         return None
-    draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
-    values = _garment_miou_of_resamples(per_image, draws)
-    values = values[~np.isnan(values)]
-    if not len(values):
-        return None
-    low, high = np.percentile(values, [2.5, 97.5])
-    return float(low), float(high)
-
-
-def _garment_miou_of_resamples(per_image: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    """Garment mIoU of each resample (a row of photo indices); NaN where none is present.
-
-    The classes averaged over come from the truth, so two models scored on the same photos
-    are averaged over the same classes in every resample.
-    """
-    n = len(per_image)
-    flat = per_image.reshape(n, -1).astype(np.float64)
-    # How often each photo is drawn, times its matrix: every resample's summed matrix at once.
-    counts = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
-    totals = (counts @ flat).reshape(len(draws), NUM_CLASSES, NUM_CLASSES)
-    values = np.full(len(draws), np.nan)
-    for k, cm in enumerate(totals):
-        present = garment_ids_in_truth(cm)
-        if present:
-            values[k] = iou_from_confusion(cm)[present].mean()
-    return values
+    return _percentile_interval(_garment_miou_of_resamples(per_image, counts))
 
 
 def paired_bootstrap_difference(
@@ -161,17 +136,47 @@ def paired_bootstrap_difference(
         per_image.sum(axis=2), baseline_per_image.sum(axis=2)
     ):
         raise EvaluationError("the two models were not scored on the same photos")
-    n = len(per_image)
+    counts = _resample_counts(len(per_image), samples, seed)
+    if counts is None:
+        return None
+    return _percentile_interval(
+        _garment_miou_of_resamples(per_image, counts)
+        - _garment_miou_of_resamples(baseline_per_image, counts)
+    )
+
+
+def _resample_counts(n: int, samples: int, seed: int) -> np.ndarray | None:
+    """(samples, n): how often each of n photos is drawn in each resample; ``None`` when
+    there is nothing to resample (fewer than two photos or no samples)."""
     if n < 2 or samples <= 0:
         return None
     draws = np.random.default_rng(seed).integers(0, n, size=(samples, n))
-    diffs = _garment_miou_of_resamples(per_image, draws) - _garment_miou_of_resamples(
-        baseline_per_image, draws
-    )
-    diffs = diffs[~np.isnan(diffs)]
-    if not len(diffs):
+    return np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
+
+
+def _garment_miou_of_resamples(per_image: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Garment mIoU of each resample (a row of ``counts``); NaN where no garment is present.
+
+    The classes averaged over come from the truth, so two models scored on the same photos
+    are averaged over the same classes in every resample.
+    """
+    flat = per_image.reshape(len(per_image), -1).astype(np.float64)
+    # Draw counts times matrices: every resample's summed matrix at once.
+    totals = (counts @ flat).reshape(len(counts), NUM_CLASSES, NUM_CLASSES)
+    values = np.full(len(counts), np.nan)
+    for k, cm in enumerate(totals):
+        present = garment_ids_in_truth(cm)
+        if present:
+            values[k] = iou_from_confusion(cm)[present].mean()
+    return values
+
+
+def _percentile_interval(values: np.ndarray) -> tuple[float, float] | None:
+    """The 2.5th and 97.5th percentiles of the values that are not NaN."""
+    values = values[~np.isnan(values)]
+    if not len(values):
         return None
-    low, high = np.percentile(diffs, [2.5, 97.5])
+    low, high = np.percentile(values, [2.5, 97.5])
     return float(low), float(high)
 
 
@@ -221,22 +226,17 @@ def evaluate_parser(
     dataset = open_dataset(data, ids=ids)
     if len(dataset) == 0:
         raise EvaluationError(f"{data} has no labelled images to evaluate")
-    parser = Parser(
-        model_source,
-        threads=settings.threads,
-        cache_dir=settings.data_dir / "models",
-        flip=settings.parser_flip,
-    )
-    baseline = (
-        Parser(
-            baseline_source,
+
+    def open_parser(source: str) -> Parser:
+        return Parser(
+            source,
             threads=settings.threads,
             cache_dir=settings.data_dir / "models",
             flip=settings.parser_flip,
         )
-        if baseline_source
-        else None
-    )
+
+    parser = open_parser(model_source)
+    baseline = open_parser(baseline_source) if baseline_source else None
 
     per_image: list[np.ndarray] = []
     baseline_per_image: list[np.ndarray] = []
@@ -287,8 +287,10 @@ def evaluate_parser(
             "model": baseline_source,
             "model_sha256": baseline.sha256,
             "input_size": list(baseline.input_size),
-            **{k: baseline_summary[k] for k in ("per_class_iou", "pixel_accuracy", "mean_iou")},
-            "garment_miou": baseline_summary["garment_miou"],
+            **{
+                k: baseline_summary[k]
+                for k in ("per_class_iou", "pixel_accuracy", "mean_iou", "garment_miou")
+            },
         }
         difference = None
         if report["garment_miou"] is not None and baseline_summary["garment_miou"] is not None:
