@@ -17,7 +17,11 @@ from builders import CCP_LABELS, write_ccp
 torch = pytest.importorskip("torch")
 mlflow = pytest.importorskip("mlflow")
 
-from candidfashion.train.loop import dice_loss, metrics_from_confusion  # noqa: E402
+from candidfashion.train.loop import (  # noqa: E402
+    dice_loss,
+    lovasz_softmax_loss,
+    metrics_from_confusion,
+)
 
 pytestmark = pytest.mark.slow
 W, H = 64, 96
@@ -92,6 +96,38 @@ def test_dice_loss_is_zero_for_a_perfect_prediction() -> None:
     perfect = torch.nn.functional.one_hot(target.clamp(max=13), 14).permute(0, 3, 1, 2) * 50.0
     assert dice_loss(perfect.float(), target) < 1e-3
     assert dice_loss(-perfect.float(), target) > 0.5
+
+
+def test_lovasz_loss_equals_the_jaccard_loss_on_hard_predictions() -> None:
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.integers(0, 4, size=(2, 16, 16)))
+    target[0, 0, :4] = 255  # ignored pixels count for nothing
+    predicted = target.clone().clamp(max=3)
+    flip = torch.from_numpy(rng.random((2, 16, 16)) < 0.3)
+    predicted[flip] = torch.from_numpy(rng.integers(0, 5, size=int(flip.sum())))
+    logits = torch.nn.functional.one_hot(predicted, 14).permute(0, 3, 1, 2).float() * 100.0
+    valid = target != 255
+    jaccard_losses = []
+    for c in target[valid].unique():
+        t, p = (target == c) & valid, (predicted == c) & valid
+        jaccard_losses.append(1 - (t & p).sum().item() / (t | p).sum().item())
+    expected = float(np.mean(jaccard_losses))
+    assert lovasz_softmax_loss(logits, target).item() == pytest.approx(expected, abs=1e-5)
+    perfect = torch.nn.functional.one_hot(target.clamp(max=13), 14).permute(0, 3, 1, 2) * 100.0
+    assert lovasz_softmax_loss(perfect.float(), target).item() == pytest.approx(0, abs=1e-5)
+
+
+def test_lovasz_loss_gradient_moves_towards_the_target_and_subsamples() -> None:
+    target = torch.zeros(1, 64, 64, dtype=torch.long)
+    target[0, 20:40, 20:40] = 3
+    logits = torch.zeros(1, 14, 64, 64, requires_grad=True)
+    loss = lovasz_softmax_loss(logits, target, max_pixels=1000)
+    loss.backward()
+    assert logits.grad is not None
+    # Descending the gradient raises the right class's score where it is the label.
+    assert (logits.grad[0, 3, 20:40, 20:40] <= 0).all()
+    assert (logits.grad[0, 3, 20:40, 20:40] < 0).sum() > 0
+    assert int((logits.grad.abs().sum(1) > 0).sum()) <= 1000
 
 
 def test_metrics_from_confusion_counts_only_present_garments() -> None:

@@ -264,6 +264,10 @@ def train(
             " 0: off."
         ),
     ] = 0.0,
+    lovasz_weight: Annotated[
+        float,
+        typer.Option(help="Weight of an added Lovasz-softmax loss (an IoU surrogate); 0: off."),
+    ] = 0.0,
 ) -> None:
     """Train the garment parser (needs the [train] extra)."""
     try:
@@ -290,6 +294,7 @@ def train(
         ema=ema,
         bf16=bf16,
         repeat_threshold=repeat_threshold,
+        lovasz_weight=lovasz_weight,
     )
     try:
         run_training(cfg)

@@ -52,6 +52,8 @@ class TrainConfig:
     #: Start from this checkpoint's weights (fresh optimizer and schedule), e.g. to fine-tune.
     init_from: Path | None = None
     dice_weight: float = 0.5
+    #: Weight of the Lovasz-softmax loss (0 = off), a surrogate of the IoU the parser is judged by.
+    lovasz_weight: float = 0.0
     #: Decay of an exponential moving average of the weights (0 = off). Validation, the best
     #: checkpoint and the export use the average, which swings far less from epoch to epoch.
     ema: float = 0.0
@@ -88,6 +90,43 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     present = onehot.sum(dims) > 0
     dice = (2 * inter + 1) / (total + 1)
     return 1 - dice[present].mean()
+
+
+def lovasz_softmax_loss(
+    logits: torch.Tensor, target: torch.Tensor, max_pixels: int = 100_000
+) -> torch.Tensor:
+    """Lovasz-softmax (Berman et al., CVPR 2018) over the classes present in the target.
+
+    It is the convex (Lovasz) extension of 1 - IoU: on hard predictions it equals the mean
+    Jaccard loss of the classes present. Sorting every pixel of a batch once per class costs
+    more than the network step on a CPU, so at most ``max_pixels`` random valid pixels are used;
+    the IoU of a random sample estimates the IoU of the whole.
+    """
+    labels = target.reshape(-1)
+    chosen = (labels != IGNORE).nonzero().squeeze(1)
+    if chosen.numel() > max_pixels:
+        chosen = chosen[torch.randperm(chosen.numel(), device=labels.device)[:max_pixels]]
+    # Gather the chosen pixels' scores before the softmax: a softmax over the whole batch
+    # costs more than the loss itself.
+    per_image = target.shape[1] * target.shape[2]
+    flat = logits.flatten(2)
+    probs = flat[chosen // per_image, :, chosen % per_image].softmax(dim=1)
+    labels = labels[chosen]
+    losses = []
+    for c in labels.unique():
+        fg = (labels == c).to(probs.dtype)
+        errors, order = (fg - probs[:, c]).abs().sort(descending=True)
+        fg_sorted = fg[order]
+        positives = fg_sorted.sum()
+        # Jaccard loss of predicting the first k sorted pixels wrong, for every k.
+        intersection = positives - fg_sorted.cumsum(0)
+        union = positives + (1 - fg_sorted).cumsum(0)
+        jaccard = 1 - intersection / union
+        steps = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(errors, steps))
+    if not losses:
+        return logits.sum() * 0
+    return torch.stack(losses).mean()
 
 
 def confusion(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -339,6 +378,8 @@ def run_training(cfg: TrainConfig) -> Path:
                     logits = logits.float()
                     loss = F.cross_entropy(logits, y, weight=weights, ignore_index=IGNORE)
                     loss = loss + cfg.dice_weight * dice_loss(logits, y)
+                    if cfg.lovasz_weight > 0:
+                        loss = loss + cfg.lovasz_weight * lovasz_softmax_loss(logits, y)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
